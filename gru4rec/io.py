@@ -1,0 +1,59 @@
+"""Atomic file writes and content hashing.
+
+Every output is written to a temporary path beside its destination and renamed into place, so a
+crash never leaves a half-written file for the next step to read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in dest's directory; on success rename it onto dest, else delete it."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_json_atomic(dest: str | os.PathLike, obj: Any) -> Path:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    return Path(dest)
+
+
+def write_parquet_atomic(df, dest: str | os.PathLike) -> Path:
+    """Write a Polars DataFrame to Parquet atomically, with settings that give byte-identical output."""
+    with atomic_path(dest) as tmp:
+        df.write_parquet(tmp, compression="zstd", statistics=True)
+    return Path(dest)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Stable hash of a JSON-able object (keys sorted), e.g. a config."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
