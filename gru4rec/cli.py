@@ -1,0 +1,210 @@
+"""The `gru4rec-pipeline` command line.
+
+Every subcommand builds one typed config, runs the matching Prefect flow in Prefect's ephemeral
+mode (no server needed) and prints a summary. Errors meant for the user are printed as one clear
+message (no traceback) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from gru4rec.errors import PipelineError
+
+app = typer.Typer(
+    name="gru4rec-pipeline",
+    help="Session-based next-item recommendation with GRU4Rec, orchestrated by Prefect.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class Format(str, Enum):
+    ml_1m = "ml-1m"
+    ml_100k = "ml-100k"
+    ml_latest = "ml-latest"
+    yoochoose = "yoochoose"
+    gru4rec_tsv = "gru4rec-tsv"
+    diginetica = "diginetica"
+    csv = "csv"
+    parquet = "parquet"
+
+
+class Session(str, Enum):
+    user = "user"
+    gap = "gap"
+    source = "source"
+
+
+class SplitMode(str, Enum):
+    session_end = "session-end"
+    global_cut = "global-cut"
+    given = "given"
+
+
+@app.callback()
+def _root() -> None:
+    """Session-based next-item recommendation with GRU4Rec, orchestrated by Prefect."""
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _prefect_env() -> None:
+    # Quiet, serverless defaults; the user's own settings win.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def print_split_table(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for col in rows[0].keys() if rows else []:
+        table.add_column(str(col), justify="right" if col in ("events", "sessions", "items") else "left")
+    for r in rows:
+        table.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()])
+    console.print(table)
+
+
+@app.command()
+def prepare(
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Interaction log (file, .gz or .zip). Default: MovieLens-1M from GroupLens, or $GRU4REC_ML1M_PATH.",
+        ),
+    ] = None,
+    format: Annotated[Format | None, typer.Option("--format", help="Source format; default: detect.")] = None,
+    test_source: Annotated[str | None, typer.Option(help="Pre-split test file (implies --split given).")] = None,
+    valid_source: Annotated[str | None, typer.Option(help="Pre-split validation file (with --split given).")] = None,
+    out: Annotated[Path, typer.Option(help="Split directory to write.")] = Path("runs/prepare"),
+    session: Annotated[Session | None, typer.Option(help="Session definition (default by format).")] = None,
+    gap_minutes: Annotated[float, typer.Option(help="Gap that starts a new session (--session gap).")] = 30.0,
+    remove_repeats: Annotated[bool, typer.Option(help="Drop consecutive repeats of an item.")] = False,
+    min_session_length: Annotated[int, typer.Option(help="Drop shorter sessions.")] = 2,
+    min_item_support: Annotated[int, typer.Option(help="Drop items with fewer events.")] = 5,
+    split: Annotated[SplitMode | None, typer.Option(help="Split mode (default by format).")] = None,
+    days: Annotated[float | None, typer.Option(help="Test window N in days (MovieLens 100, clicks 1).")] = None,
+    valid_days: Annotated[float | None, typer.Option(help="Validation window in days (default: --days).")] = None,
+    min_rows: Annotated[int, typer.Option(help="Validation: minimum number of events.")] = 100,
+    drop_duplicates: Annotated[bool, typer.Option(help="Drop duplicate (session, item, time) rows.")] = False,
+    col_session: Annotated[str | None, typer.Option(help="csv/parquet: session (or user) column.")] = None,
+    col_item: Annotated[str | None, typer.Option(help="csv/parquet: item column.")] = None,
+    col_time: Annotated[str | None, typer.Option(help="csv/parquet: time column.")] = None,
+    col_rating: Annotated[str | None, typer.Option(help="csv/parquet: optional rating column.")] = None,
+    time_unit: Annotated[str, typer.Option(help="csv/parquet: s, ms, us, ns, iso or format.")] = "s",
+    time_format: Annotated[str | None, typer.Option(help="strftime format for --time-unit format.")] = None,
+    separator: Annotated[str, typer.Option(help="csv: field separator.")] = ",",
+    data_dir: Annotated[str | None, typer.Option(help="Download cache (default $GRU4REC_DATA_DIR).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file with a full PrepareConfig; options given here override it.")
+    ] = None,
+) -> None:
+    """Ingest → validate → sessionize and split into Parquet (the `prepare_data` flow)."""
+    from gru4rec.data.config import ColumnMapping, PrepareConfig
+
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")) if config else {}
+    except (OSError, json.JSONDecodeError) as e:
+        _fail(f"cannot read --config {config}: {e}")
+    try:
+        columns = None
+        if col_session or col_item or col_time:
+            columns = ColumnMapping(
+                session=col_session or "",
+                item=col_item or "",
+                time=col_time or "",
+                rating=col_rating,
+                time_unit=time_unit,
+                time_format=time_format,
+                separator=separator,
+            )
+        cfg = PrepareConfig.model_validate(base)
+        ingest = cfg.ingest.model_copy(
+            update={
+                k: v
+                for k, v in dict(
+                    source=source,
+                    format=format.value if format else None,
+                    test_source=test_source,
+                    valid_source=valid_source,
+                    columns=columns,
+                    data_dir=data_dir,
+                ).items()
+                if v is not None
+            }
+        )
+        split_cfg = cfg.split.model_copy(
+            update={
+                k: v
+                for k, v in dict(
+                    session=session.value if session else None,
+                    split=split.value if split else None,
+                    test_days=days,
+                    valid_days=valid_days,
+                ).items()
+                if v is not None
+            }
+            | dict(
+                gap_minutes=gap_minutes,
+                remove_repeats=remove_repeats,
+                min_session_length=min_session_length,
+                min_item_support=min_item_support,
+            )
+        )
+        validation = cfg.validation.model_copy(update=dict(min_rows=min_rows, drop_duplicates=drop_duplicates))
+        cfg = PrepareConfig.model_validate(
+            dict(
+                ingest=ingest.model_dump(),
+                validation=validation.model_dump(),
+                split=split_cfg.model_dump(),
+                out_dir=str(out),
+            )
+        )
+    except ValidationError as e:
+        _fail(f"invalid settings: {_pydantic_message(e)}")
+
+    _prefect_env()
+    from flows.prepare import prepare_data
+
+    try:
+        result = prepare_data(cfg)
+    except PipelineError as e:
+        _fail(str(e))
+    print_split_table(result["table"], title=f"Split written to {result['split_dir']}")
+    removed = result["stats"].get("removed") or result["stats"].get("filters")
+    if removed:
+        console.print(f"removed by filters: {json.dumps(removed)}", highlight=False, soft_wrap=True)
+
+
+def _pydantic_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err else ""))
+    return "; ".join(parts)
+
+
+def main() -> None:
+    try:
+        app()
+    except PipelineError as e:  # an error raised outside a command's own handling
+        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
