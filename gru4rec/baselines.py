@@ -1,0 +1,61 @@
+"""Non-neural baselines evaluated by the same code as GRU4Rec.
+
+`ItemKNN` is the session-based item-to-item baseline of the GRU4Rec paper: the next item is
+scored by its co-occurrence similarity with the session's current item,
+``sim(i, j) = cooc(i, j) / (supp(i)^alpha * supp(j)^(1 - alpha) + lam)``, where ``cooc`` counts
+training sessions holding both items and ``supp`` the sessions holding each. It exposes the
+model interface the evaluator and recommender use (``init_hidden``/``step``/``score``); its
+"hidden state" is empty because it only looks at the current item.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from gru4rec.data.splits import SessionArrays
+
+
+class ItemKNN:
+    def __init__(self, sessions: SessionArrays, n_items: int, alpha: float = 0.5, lam: float = 20.0):
+        self.n_items = n_items
+        self.alpha, self.lam = alpha, lam
+        n_sessions = max(sessions.n_sessions, 1)
+        session_of_event = np.repeat(np.arange(sessions.n_sessions), np.diff(sessions.offsets))
+        # Binary session × item incidence (an item repeated inside a session counts once).
+        incidence = sp.csr_matrix(
+            (np.ones(len(session_of_event), np.float32), (session_of_event, sessions.items)),
+            shape=(n_sessions, n_items),
+        )
+        incidence.data[:] = 1.0  # duplicates were summed by the constructor
+        cooc = (incidence.T @ incidence).tocoo()
+        support = np.asarray(incidence.sum(axis=0)).ravel()
+        keep = cooc.row != cooc.col  # an item is not its own neighbour
+        i, j, c = cooc.row[keep], cooc.col[keep], cooc.data[keep]
+        sim = c / (support[i] ** alpha * support[j] ** (1 - alpha) + lam)
+        self.sim = sp.csr_matrix((sim.astype(np.float32), (i, j)), shape=(n_items, n_items))
+        self.device = torch.device("cpu")
+
+    # The model interface -------------------------------------------------------------------------
+    training = False
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def to(self, device):
+        self.device = torch.device(device)
+        return self
+
+    def init_hidden(self, batch_size: int, device=None) -> list[torch.Tensor]:
+        return []
+
+    def step(self, items: torch.Tensor, hidden: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return items, hidden
+
+    def score(self, out: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
+        rows = torch.from_numpy(self.sim[out.cpu().numpy()].toarray()).to(self.device)
+        return rows if item_idx is None else rows[:, item_idx]

@@ -1,0 +1,1 @@
+"""Data half: readers (ingest), validation, sessionizing and splitting."""
