@@ -1,0 +1,44 @@
+"""MLflow "model from code" for a GRU4Rec model directory (no pickled Python objects).
+
+MLflow stores this file with the model and runs it on load (`set_model` registers the class), so
+the package never imports it.
+Input: a DataFrame with a column ``items`` (each row one session: a list of item ids, oldest
+first). Output: a DataFrame with ``items`` (top-k item ids), ``scores``, ``unknown_items`` and
+``fallback`` (True when the session had no known item and popular items were returned).
+Parameter ``k`` (default 20) and ``exclude_seen`` (default False) can be passed as params.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class GRU4RecPyfunc(PythonModel):
+    def load_context(self, context):
+        from gru4rec.persist import load_model
+        from gru4rec.recommender import Recommender
+
+        self.recommender = Recommender(load_model(context.artifacts["model_dir"]))
+
+    def predict(self, context, model_input, params=None):
+        params = params or {}
+        k = int(params.get("k", 20))
+        exclude_seen = bool(params.get("exclude_seen", False))
+        if isinstance(model_input, pd.DataFrame):
+            sessions = [list(s) if s is not None else [] for s in model_input["items"]]
+        else:  # a list of sessions
+            sessions = [list(s) for s in model_input]
+        recs = self.recommender.recommend(sessions, k=k, exclude_seen=exclude_seen)
+        return pd.DataFrame(
+            {
+                "items": [list(r.items) for r in recs],
+                "scores": [[float(x) for x in r.scores] for r in recs],
+                "unknown_items": [list(r.unknown_items) for r in recs],
+                "fallback": [bool(r.fallback) for r in recs],
+            }
+        )
+
+
+mlflow.models.set_model(GRU4RecPyfunc())

@@ -1,0 +1,140 @@
+"""Fetch the default source (MovieLens-1M from GroupLens), verified by md5 and cached so it downloads once.
+
+Resolution order (`resolve_ml1m`):
+
+1. ``$GRU4REC_ML1M_PATH`` names a local copy (ml-1m.zip, ratings.dat or ratings.dat.gz): used as is.
+2. The cached ``<data_dir>/ml-1m.zip`` whose md5 matches the digest stored beside it (``ml-1m.zip.md5``).
+3. Download ``ml-1m.zip.md5`` and ``ml-1m.zip`` from GroupLens, verify, and move into the cache
+   (temp file + rename, so an interrupted or bad download never leaves a file in the cache).
+
+Anything that fails (offline, HTTP error, checksum mismatch) raises `SourceUnavailableError` that says how
+to use a local copy instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gru4rec.errors import SourceUnavailableError
+from gru4rec.io import atomic_path
+
+ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+ML1M_MD5_URL = ML1M_URL + ".md5"
+ENV_ML1M_PATH = "GRU4REC_ML1M_PATH"
+DEFAULT_TIMEOUT_S = 60.0
+
+LOCAL_COPY_HINT = (
+    "To use a local copy instead, pass it with --source PATH (any supported format), or set the environment "
+    f"variable {ENV_ML1M_PATH} to a local ml-1m.zip, ratings.dat or ratings.dat.gz"
+)
+
+
+def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_md5(text: str) -> str:
+    """The hex digest in an md5 file (``<hex>  name``, ``MD5 (name) = <hex>`` or a bare digest)."""
+    m = re.search(r"\b([0-9a-fA-F]{32})\b", text)
+    if not m:
+        raise ValueError(f"no md5 digest found in {text[:200]!r}")
+    return m.group(1).lower()
+
+
+def _fetch(url: str, timeout: float) -> urllib.request.addinfourl:
+    req = urllib.request.Request(url, headers={"User-Agent": "gru4rec-pipeline"})
+    return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (http/https URLs from config)
+
+
+def _unavailable(what: str, url: str, err: object) -> SourceUnavailableError:
+    return SourceUnavailableError(f"{what} {url} ({err}). {LOCAL_COPY_HINT}")
+
+
+def download_ml1m(
+    data_dir: str | os.PathLike,
+    url: str = ML1M_URL,
+    md5_url: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> Path:
+    """Return the path of a verified ml-1m.zip in `data_dir`, downloading it if not cached."""
+    data_dir = Path(data_dir).expanduser()
+    md5_url = md5_url or url + ".md5"
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "ml-1m.zip"
+    dest = data_dir / name
+    digest_file = data_dir / (name + ".md5")
+    if dest.is_file() and digest_file.is_file():
+        try:
+            want = parse_md5(digest_file.read_text(encoding="utf-8", errors="replace"))
+        except ValueError:
+            want = None
+        if want and md5_file(dest) == want:
+            return dest
+    try:
+        with _fetch(md5_url, timeout) as r:
+            md5_text = r.read(1 << 16).decode("utf-8", errors="replace")
+        want = parse_md5(md5_text)
+    except ValueError as e:
+        raise _unavailable("the checksum file is not an md5 file:", md5_url, e) from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise _unavailable("cannot download", md5_url, e) from None
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SourceUnavailableError(f"cannot create the data directory {data_dir} ({e}). {LOCAL_COPY_HINT}") from None
+    try:
+        with atomic_path(dest) as tmp:
+            h = hashlib.md5()
+            with _fetch(url, timeout) as r, open(tmp, "wb") as f:
+                while block := r.read(1 << 20):
+                    h.update(block)
+                    f.write(block)
+            got = h.hexdigest()
+            if got != want:
+                raise SourceUnavailableError(
+                    f"checksum mismatch for {url}: md5 {got}, expected {want} (from {md5_url}); the download was "
+                    f"discarded. {LOCAL_COPY_HINT}"
+                )
+    except SourceUnavailableError:
+        raise
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise _unavailable("cannot download", url, e) from None
+    with atomic_path(digest_file) as tmp:
+        tmp.write_text(f"{want}  {name}\n", encoding="utf-8")
+    return dest
+
+
+def resolve_ml1m(
+    data_dir: str | os.PathLike,
+    url: str = ML1M_URL,
+    md5_url: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> Path:
+    """The default source: $GRU4REC_ML1M_PATH if set, else the cached/downloaded GroupLens ml-1m.zip."""
+    env = os.environ.get(ENV_ML1M_PATH)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise SourceUnavailableError(f"{ENV_ML1M_PATH}={env} does not name an existing file. {LOCAL_COPY_HINT}")
+        return p
+    return download_ml1m(data_dir, url=url, md5_url=md5_url, timeout=timeout)
+
+
+__all__ = [
+    "ENV_ML1M_PATH",
+    "LOCAL_COPY_HINT",
+    "ML1M_MD5_URL",
+    "ML1M_URL",
+    "download_ml1m",
+    "md5_file",
+    "parse_md5",
+    "resolve_ml1m",
+]
