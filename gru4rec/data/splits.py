@@ -8,9 +8,11 @@ A split directory (written by `gru4rec.data.split.make_split`, read by everythin
   user/session id as given, plus ``#n`` for gap sessions), ``item_idx`` (Int32: index into
   items.parquet), ``item_id`` (the original id; Int64 or Utf8 as the source had it),
   ``timestamp`` (Int64, UTC epoch milliseconds). Rows are sorted by (session_id, timestamp,
-  original row order). Valid/test items are always a subset of train items.
-- ``items.parquet`` — ``item_idx`` (Int32, 0..n_items-1), ``item_id`` (original), ``count``
-  (Int64, events in train), built from train.
+  original row order). Valid items are a subset of train items; test items a subset of
+  train ∪ valid items (the tutorial protocol restricts test against "the remainder").
+- ``items.parquet`` — ``item_idx`` (Int32, 0..n_items-1, by first appearance in train, then
+  valid), ``item_id`` (original), ``count`` (Int64, events in train; 0 for items seen only in
+  valid) and ``count_valid`` (events in valid). Training on train+valid ("full") uses both.
 - ``stats.json`` — events/sessions/items/first/last timestamp per split and what each filter removed.
 - ``manifest.json`` — the full config, source lineage and the sha256 of every file above. It is
   written last: a directory without it is incomplete and is refused.
