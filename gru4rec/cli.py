@@ -8,6 +8,7 @@ message (no traceback) with exit status 2.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from enum import Enum
@@ -65,9 +66,21 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed run with its traceback; for our own clear errors the message is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def _prefect_env() -> None:
     # Quiet, serverless defaults; the user's own settings win.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
 
 
 def print_split_table(rows: list[dict], title: str) -> None:
