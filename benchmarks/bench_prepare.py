@@ -135,7 +135,8 @@ def pandas_pipeline(csv: Path, out: Path, test_days: float = 1.0, min_len: int =
 
     out.mkdir(parents=True, exist_ok=True)
     df = pd.read_csv(csv, header=None, names=["session_key", "ts", "item_id", "category"], usecols=[0, 1, 2])
-    df["timestamp"] = pd.to_datetime(df["ts"], format="%Y-%m-%dT%H:%M:%S.%fZ", utc=True).astype("int64") // 10**6
+    ts = pd.to_datetime(df["ts"], format="%Y-%m-%dT%H:%M:%S.%fZ", utc=True)
+    df["timestamp"] = (ts - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
     df = df.drop(columns="ts")
     df.to_parquet(out / "events.parquet")
     # validate: nulls, time window, duplicates, row count
