@@ -3,9 +3,9 @@
 `ItemKNN` is the session-based item-to-item baseline of the GRU4Rec paper: the next item is
 scored by its co-occurrence similarity with the session's current item,
 ``sim(i, j) = cooc(i, j) / (supp(i)^alpha * supp(j)^(1 - alpha) + lam)``, where ``cooc`` counts
-training sessions holding both items and ``supp`` the sessions holding each. It exposes the
-model interface the evaluator and recommender use (``init_hidden``/``step``/``score``); its
-"hidden state" is empty because it only looks at the current item.
+training sessions holding both items and ``supp`` the sessions holding each. It is a
+`StepScorer`, so `evaluate_model` runs it on exactly the same targets as GRU4Rec; its state is
+empty because it only looks at the current item.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import scipy.sparse as sp
 import torch
 
 from gru4rec.data.splits import SessionArrays
+from gru4rec.evaluate import StepScorer
 
 
-class ItemKNN:
+class ItemKNN(StepScorer):
     def __init__(self, sessions: SessionArrays, n_items: int, alpha: float = 0.5, lam: float = 20.0):
         self.n_items = n_items
         self.alpha, self.lam = alpha, lam
@@ -37,25 +38,13 @@ class ItemKNN:
         self.sim = sp.csr_matrix((sim.astype(np.float32), (i, j)), shape=(n_items, n_items))
         self.device = torch.device("cpu")
 
-    # The model interface -------------------------------------------------------------------------
-    training = False
-
-    def eval(self):
-        return self
-
-    def train(self, mode: bool = True):
-        return self
-
-    def to(self, device):
+    # The evaluator's scorer interface: the state is empty, only the current item matters.
+    def begin(self, device: torch.device) -> None:
         self.device = torch.device(device)
-        return self
 
-    def init_hidden(self, batch_size: int, device=None) -> list[torch.Tensor]:
+    def init_state(self, batch_size: int, device: torch.device) -> list[torch.Tensor]:
         return []
 
-    def step(self, items: torch.Tensor, hidden: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return items, hidden
-
-    def score(self, out: torch.Tensor, item_idx: torch.Tensor | None = None) -> torch.Tensor:
-        rows = torch.from_numpy(self.sim[out.cpu().numpy()].toarray()).to(self.device)
-        return rows if item_idx is None else rows[:, item_idx]
+    def step(self, items: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        rows = self.sim[items.cpu().numpy()].toarray()
+        return torch.from_numpy(rows).to(self.device), state

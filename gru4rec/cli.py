@@ -203,6 +203,102 @@ def prepare(
         console.print(f"removed by filters: {json.dumps(removed)}", highlight=False, soft_wrap=True)
 
 
+def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            _fail(f"--set expects key=value (e.g. train.lr=0.1 or model.layers=[200]), got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def print_metrics_table(report: dict, title: str) -> None:
+    from gru4rec.steps import metrics_table
+
+    rows = metrics_table(report)
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(*[v if isinstance(v, str) else ("-" if v is None else f"{v:.4f}") for v in r.values()])
+    console.print(table)
+
+
+@app.command()
+def train(
+    split: Annotated[Path, typer.Option(help="Split directory written by `prepare`.")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    preset: Annotated[str, typer.Option(help="tutorial, gru4rec-xe or gru4rec-bprmax.")] = "gru4rec-xe",
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: model.KEY=VALUE or train.KEY=VALUE.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Number of epochs (default: the preset's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (CPU runs repeat bit for bit).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Train on train+valid (no validation).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint of an interrupted run.")] = True,
+) -> None:
+    """Train GRU4Rec on an existing split directory; writes weights, config, items and history.json."""
+    from gru4rec.steps import build_config, train_step
+
+    try:
+        cfg = build_config(
+            preset, _parse_sets(set_), epochs=epochs, seed=seed, device=device, threads=threads, progress=progress
+        )
+        summary = train_step(split, cfg, out, full=full, resume=resume, preset=preset)
+    except PipelineError as e:
+        _fail(str(e))
+    table = Table(title=f"Training history ({summary['device']}) → {summary['model_dir']}")
+    hist = summary["history"]
+    cols = ["epoch", "loss", "events_per_s"] + [k for k in hist[0] if k.startswith("valid_") and "@20" in k]
+    for c in cols:
+        table.add_column(c, justify="right")
+    for h in hist:
+        table.add_row(
+            *[f"{h[c]:,.0f}" if c == "events_per_s" else (str(h[c]) if c == "epoch" else f"{h[c]:.4f}") for c in cols]
+        )
+    console.print(table)
+
+
+@app.command()
+def evaluate(
+    split: Annotated[Path, typer.Option(help="Split directory the model was trained on.")],
+    model: Annotated[Path, typer.Option(help="Model directory written by `train`.")],
+    k: Annotated[str, typer.Option(help="Cut-offs, comma-separated.")] = "1,5,10,20",
+    ties: Annotated[str, typer.Option(help="conservative, standard or median.")] = "conservative",
+    out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
+    baselines: Annotated[bool, typer.Option(help="Also evaluate popularity and item-kNN baselines.")] = True,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+) -> None:
+    """Evaluate a model on the split's test set (next item over the full catalogue)."""
+    from gru4rec.steps import evaluate_step
+
+    try:
+        ks = tuple(sorted({int(x) for x in k.split(",") if x.strip()}))
+    except ValueError:
+        _fail(f"--k expects comma-separated integers, got {k!r}")
+    if ties not in ("conservative", "standard", "median"):
+        _fail(f"--ties must be conservative, standard or median, got {ties!r}")
+    try:
+        report = evaluate_step(
+            split,
+            model,
+            ks=ks,
+            ties=ties,
+            out=out,
+            device=device,
+            baselines=("popularity", "item-knn") if baselines else (),
+        )
+    except PipelineError as e:
+        _fail(str(e))
+    print_metrics_table(report, title=f"Test set: {report['n_targets']:,} targets, ties={ties}")
+    if out:
+        console.print(f"metrics written to {out}")
+
+
 def _pydantic_message(e: ValidationError) -> str:
     parts = []
     for err in e.errors():

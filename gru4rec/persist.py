@@ -1,0 +1,273 @@
+"""A trained model as a directory: weights (safetensors), config (JSON) and the item index (Parquet).
+
+    model_dir/
+      model.safetensors   the state dict (safetensors: no pickle, nothing executed on load)
+      config.json         {"model": ModelConfig, "train": {...}, "n_items", "format_version",
+                           "package_version", "created_at", "weights_sha256", "items_sha256", "extra"}
+      items.parquet       item_idx, item_id, count (+ any other columns of the split's items table)
+
+The directory is written whole into a temporary sibling and renamed into place, so a reader sees
+either the old model or the new one, never a mixture. Loading checks everything it can (files,
+format version, hashes, tensor names and shapes against the config, the item table) and reports
+each problem as a :class:`~gru4rec.errors.ModelFileError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+
+from gru4rec.errors import ConfigError, ModelFileError
+from gru4rec.io import sha256_file
+from gru4rec.model import GRU4Rec, ModelConfig
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+ITEMS_FILE = "items.parquet"
+MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE, ITEMS_FILE)
+ITEM_COLUMNS = ("item_idx", "item_id", "count")
+
+# Indirection so tests can simulate a failure between the renames of an atomic replace.
+_rename = os.rename
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("gru4rec-pipeline")
+    except Exception:  # not installed (running from a source tree)
+        return "0+unknown"
+
+
+@dataclass
+class LoadedModel:
+    model: GRU4Rec
+    config: dict
+    items: pl.DataFrame
+    item_to_idx: dict[Any, int]
+    directory: Path | None = None
+    item_ids: np.ndarray = field(init=False, repr=False)  # item_idx → original id
+    counts: np.ndarray = field(init=False, repr=False)  # train count per item_idx
+
+    def __post_init__(self) -> None:
+        self.item_ids = self.items["item_id"].to_numpy()
+        self.counts = self.items["count"].to_numpy().astype(np.int64)
+
+    @property
+    def n_items(self) -> int:
+        return self.model.n_items
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------
+def _check_items(items: pl.DataFrame, n_items: int, where: str) -> None:
+    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+    if missing:
+        raise ModelFileError(f"{where} lacks column(s) {', '.join(missing)} (needs {', '.join(ITEM_COLUMNS)})")
+    if items.height != n_items:
+        raise ModelFileError(f"{where} has {items.height} rows but the model has n_items={n_items}")
+    idx = items["item_idx"].to_numpy()
+    if not np.array_equal(idx, np.arange(n_items)):
+        raise ModelFileError(f"{where}: item_idx must be 0..{n_items - 1} in order")
+    if items["item_id"].null_count() or items["item_id"].n_unique() != n_items:
+        raise ModelFileError(f"{where}: item_id must be unique and non-null")
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_dir(tmp: Path, model: GRU4Rec, config: dict, items: pl.DataFrame) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+    items.write_parquet(tmp / ITEMS_FILE, compression="zstd", statistics=True)
+    config["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
+    config["items_sha256"] = sha256_file(tmp / ITEMS_FILE)
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+    for name in MODEL_FILES:
+        _fsync(tmp / name)
+
+
+def save_model(
+    model_dir: str | os.PathLike,
+    model: GRU4Rec,
+    config: dict,
+    items: pl.DataFrame,
+    extra: dict | None = None,
+) -> Path:
+    """Write the model directory atomically (replacing an existing one); return its path.
+
+    ``config`` is the full config dict ({"model": ModelConfig dump, "train": {...}}); its "model"
+    part must describe ``model`` (it is filled from ``model.cfg`` when absent). ``items`` is the
+    split's items table (one row per item_idx). ``extra`` (JSON-able: metrics, split fingerprint,
+    …) is stored under "extra" in config.json.
+    """
+    dest = Path(model_dir)
+    config = json.loads(json.dumps(dict(config), default=str))  # a plain, detached copy
+    model_part = config.get("model")
+    if model_part is None:
+        model_part = model.cfg.model_dump(mode="json")
+    try:
+        cfg = ModelConfig.model_validate(model_part)
+    except ValidationError as e:
+        raise ConfigError(f"config['model'] is not a valid model config: {e}") from None
+    if cfg != model.cfg:
+        raise ConfigError(
+            f"config['model'] ({cfg.model_dump()}) does not describe the model ({model.cfg.model_dump()})"
+        )
+    _check_items(items, model.n_items, "items table")
+    config["model"] = cfg.model_dump(mode="json")
+    config.setdefault("train", {})
+    config.update(
+        n_items=model.n_items,
+        format_version=FORMAT_VERSION,
+        package_version=package_version(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        extra=json.loads(json.dumps(extra or {}, default=str)),
+    )
+
+    if dest.exists() and not dest.is_dir():
+        raise ModelFileError(f"cannot save the model: {dest} exists and is not a directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:12]
+    tmp = dest.parent / f".{dest.name}.tmp-{token}"
+    old = dest.parent / f".{dest.name}.old-{token}"
+    tmp.mkdir()
+    try:
+        _write_dir(tmp, model, config, items)
+        _fsync(tmp)
+        if dest.exists():
+            _rename(dest, old)
+            try:
+                _rename(tmp, dest)
+            except BaseException:
+                _rename(old, dest)  # put the previous model back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            _rename(tmp, dest)
+        _fsync(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def read_model_config(model_dir: str | os.PathLike) -> dict:
+    """config.json of a model directory, with its format version checked."""
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise ModelFileError(f"model directory {d} does not exist (or is not a directory)")
+    missing = [n for n in MODEL_FILES if not (d / n).is_file()]
+    if missing:
+        raise ModelFileError(
+            f"model directory {d} is incomplete: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        )
+    path = d / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{path}: config.json is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: config.json must hold a JSON object")
+    version = config.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelFileError(
+            f"{path}: config.json has format_version {version!r}; this version of gru4rec reads "
+            f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} (saved by package {config.get('package_version', '?')})"
+        )
+    for key in ("model", "n_items", "weights_sha256"):
+        if key not in config:
+            raise ModelFileError(f"{path}: config.json lacks {key!r}")
+    return config
+
+
+def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load and check a model directory written by :func:`save_model`; the model is in eval mode."""
+    d = Path(model_dir)
+    config = read_model_config(d)
+    cpath, wpath, ipath = d / CONFIG_FILE, d / WEIGHTS_FILE, d / ITEMS_FILE
+    try:
+        cfg = ModelConfig.model_validate(config["model"])
+    except ValidationError as e:
+        raise ModelFileError(f"{cpath}: config.json 'model' is not a valid model config: {e}") from None
+    n_items = config["n_items"]
+    if not isinstance(n_items, int) or isinstance(n_items, bool) or n_items <= 0:
+        raise ModelFileError(f"{cpath}: config.json n_items must be a positive integer, got {n_items!r}")
+
+    try:
+        tensors = load_file(str(wpath))
+    except Exception as e:  # safetensors raises SafetensorError / OSError for damaged files
+        raise ModelFileError(f"{wpath}: model.safetensors is corrupt or truncated ({e})") from None
+    got = sha256_file(wpath)
+    if got != config["weights_sha256"]:
+        raise ModelFileError(
+            f"{wpath}: model.safetensors does not match the weights_sha256 in config.json "
+            f"(file {got[:12]}…, config {str(config['weights_sha256'])[:12]}…): changed after saving"
+        )
+
+    with torch.device("meta"):
+        model = GRU4Rec(cfg, n_items)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise ModelFileError(
+            f"{wpath}: model.safetensors lacks tensor(s) {', '.join(missing)} that the config "
+            f"(embedding={cfg.embedding}, layers={cfg.layers}, output_bias={cfg.output_bias}) needs"
+        )
+    if unexpected:
+        raise ModelFileError(f"{wpath}: model.safetensors has tensor(s) the config does not: {', '.join(unexpected)}")
+    for name, shape in expected.items():
+        fshape = tuple(tensors[name].shape)
+        if fshape != shape:
+            raise ModelFileError(f"{wpath}: shape mismatch for {name}: file {fshape} vs config {shape}")
+        if not tensors[name].is_floating_point():
+            raise ModelFileError(f"{wpath}: tensor {name} has dtype {tensors[name].dtype}, expected floating point")
+    model.load_state_dict(tensors, strict=True, assign=True)
+    model = model.to(device)
+    model.eval()
+
+    try:
+        items = pl.read_parquet(ipath)
+    except Exception as e:
+        raise ModelFileError(f"{ipath}: items.parquet cannot be read ({e})") from None
+    if "items_sha256" in config and sha256_file(ipath) != config["items_sha256"]:
+        raise ModelFileError(
+            f"{ipath}: items.parquet does not match the items_sha256 in config.json (changed after saving)"
+        )
+    try:
+        _check_items(items, n_items, f"{ipath}: items.parquet")
+    except ModelFileError as e:
+        raise ModelFileError(str(e).replace("model has n_items", "config has n_items")) from None
+    item_to_idx = dict(zip(items["item_id"].to_list(), range(n_items)))
+    return LoadedModel(model=model, config=config, items=items, item_to_idx=item_to_idx, directory=d)

@@ -1,0 +1,162 @@
+"""The train and evaluate steps on files: split directory in, model directory / metrics out.
+
+Plain functions (no Prefect) shared by the CLI (`gru4rec-pipeline train|evaluate`) and the
+pipeline's Prefect tasks. They take and return paths and small JSON-able summaries.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from gru4rec.data.splits import Split, load_split, session_arrays
+from gru4rec.errors import ModelFileError
+from gru4rec.io import write_json_atomic
+
+DEFAULT_KS = (1, 5, 10, 20)
+
+
+def training_sessions(split: Split, full: bool):
+    """Train (or train+valid) events as session arrays, sessions ordered by start time."""
+    frame = split.train
+    if full and split.valid.height:
+        cols = ["session_id", "item_idx", "timestamp"]
+        frame = pl.concat([split.train.select(cols), split.valid.select(cols)]).sort("session_id", maintain_order=True)
+    return session_arrays(frame)
+
+
+def items_for_model(split: Split, full: bool) -> pl.DataFrame:
+    """The item index a model ships with; `count` is the popularity over what it was trained on."""
+    items = split.items
+    if full and "count_valid" in items.columns:
+        items = items.with_columns((pl.col("count") + pl.col("count_valid")).alias("count"))
+    return items.select("item_idx", "item_id", "count")
+
+
+def build_config(preset: str, overrides: dict[str, Any] | None = None, **train_settings: Any):
+    """A preset with `--set key=value` overrides and the common training flags applied."""
+    from gru4rec.presets import get_preset
+
+    merged = dict(overrides or {})
+    for key, value in train_settings.items():
+        if value is not None:
+            merged[f"train.{key}"] = value
+    return get_preset(preset, merged)
+
+
+def train_step(
+    split_dir: str | Path,
+    cfg,
+    model_dir: str | Path,
+    *,
+    full: bool = False,
+    work_dir: str | Path | None = None,
+    resume: bool = True,
+    preset: str | None = None,
+    callbacks=None,
+) -> dict:
+    """Train on a split directory and write a model directory (weights, config, items, history).
+
+    Checkpoints go to ``work_dir`` (default ``<model_dir>.work``) after every epoch, so a killed
+    run started again with the same arguments resumes where it stopped.
+    """
+    from gru4rec.persist import save_model
+    from gru4rec.trainer import train
+
+    split = load_split(split_dir)
+    model_dir = Path(model_dir)
+    work = Path(work_dir) if work_dir else model_dir.with_name(model_dir.name + ".work")
+    result = train(split, cfg, work, full=full, resume=resume, callbacks=callbacks)
+    extra = {
+        "preset": preset,
+        "trained_on": "train+valid" if full else "train",
+        "split_dir": str(Path(split_dir).resolve()),
+        "split_fingerprint": split.fingerprint(),
+        "device": str(result.device),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "epochs_run": len(result.history),
+    }
+    save_model(model_dir, result.model, cfg.model_dump(mode="json"), items_for_model(split, full), extra=extra)
+    write_json_atomic(model_dir / "history.json", result.history)
+    return {"model_dir": str(model_dir), "history": result.history, **extra}
+
+
+def _check_compatible(split: Split, loaded, model_dir: Path) -> None:
+    if loaded.n_items != split.n_items or not np.array_equal(
+        loaded.items["item_id"].to_numpy(), split.items["item_id"].to_numpy()
+    ):
+        raise ModelFileError(
+            f"model {model_dir} was trained on another item index ({loaded.n_items} items) than split "
+            f"{split.directory} ({split.n_items} items): evaluate a model on the split it was trained on"
+        )
+
+
+def evaluate_step(
+    split_dir: str | Path,
+    model_dir: str | Path,
+    *,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    ties: str = "conservative",
+    baselines: tuple[str, ...] = ("popularity", "item-knn"),
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 512,
+) -> dict:
+    """Evaluate a model directory (and baselines, on the same targets) on the split's test set."""
+    from gru4rec.baselines import ItemKNN
+    from gru4rec.device import select_device
+    from gru4rec.evaluate import PopularityModel, evaluate_model
+    from gru4rec.persist import load_model
+
+    split = load_split(split_dir)
+    dev = select_device(device)
+    loaded = load_model(model_dir, device=dev)
+    _check_compatible(split, loaded, Path(model_dir))
+    full = loaded.config.get("extra", {}).get("trained_on") == "train+valid"
+    test = session_arrays(split.test)
+    counts = loaded.counts
+    common = dict(ks=tuple(ks), ties=ties, batch_size=batch_size, device=dev, item_counts=counts)
+
+    results: dict[str, dict] = {"gru4rec": evaluate_model(loaded.model, test, **common)}
+    if "popularity" in baselines:
+        results["popularity"] = evaluate_model(PopularityModel(counts), test, **common)
+    if "item-knn" in baselines:
+        knn = ItemKNN(training_sessions(split, full), split.n_items)
+        results["item-knn"] = evaluate_model(knn, test, **common)
+    report = {
+        "split_dir": str(Path(split_dir).resolve()),
+        "split_fingerprint": split.fingerprint(),
+        "model_dir": str(Path(model_dir).resolve()),
+        "ks": list(ks),
+        "ties": ties,
+        "n_targets": results["gru4rec"].get("n_targets"),
+        "metrics": results,
+    }
+    if out is not None:
+        write_json_atomic(out, report)
+    return report
+
+
+def metrics_table(report: dict, ks: tuple[int, ...] | None = None) -> list[dict]:
+    """One row per model: recall/MRR/NDCG@K, coverage@K, popularity@K."""
+    ks = tuple(ks or report["ks"])
+    rows = []
+    for name, m in report["metrics"].items():
+        row: dict[str, Any] = {"model": name}
+        for k in ks:
+            for metric in ("recall", "mrr", "ndcg"):
+                row[f"{metric}@{k}"] = m.get(f"{metric}@{k}")
+        kmax = max(ks)
+        row[f"coverage@{kmax}"] = m.get(f"coverage@{kmax}")
+        row[f"popularity@{kmax}"] = m.get(f"popularity@{kmax}")
+        rows.append(row)
+    return rows
+
+
+def load_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
