@@ -219,7 +219,7 @@ def print_metrics_table(report: dict, title: str) -> None:
     rows = metrics_table(report)
     table = Table(title=title)
     for col in rows[0]:
-        table.add_column(col, justify="left" if col == "model" else "right")
+        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
     for r in rows:
         table.add_row(*[v if isinstance(v, str) else ("-" if v is None else f"{v:.4f}") for v in r.values()])
     console.print(table)

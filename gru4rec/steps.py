@@ -143,15 +143,16 @@ def evaluate_step(
 
 
 def metrics_table(report: dict, ks: tuple[int, ...] | None = None) -> list[dict]:
-    """One row per model: recall/MRR/NDCG@K, coverage@K, popularity@K."""
+    """One row per model: recall@K and MRR@K for each K; NDCG, coverage and popularity at the largest K."""
     ks = tuple(ks or report["ks"])
     rows = []
     for name, m in report["metrics"].items():
         row: dict[str, Any] = {"model": name}
         for k in ks:
-            for metric in ("recall", "mrr", "ndcg"):
+            for metric in ("recall", "mrr"):
                 row[f"{metric}@{k}"] = m.get(f"{metric}@{k}")
         kmax = max(ks)
+        row[f"ndcg@{kmax}"] = m.get(f"ndcg@{kmax}")
         row[f"coverage@{kmax}"] = m.get(f"coverage@{kmax}")
         row[f"popularity@{kmax}"] = m.get(f"popularity@{kmax}")
         rows.append(row)
