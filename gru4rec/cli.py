@@ -299,6 +299,184 @@ def evaluate(
         console.print(f"metrics written to {out}")
 
 
+@app.command()
+def run(
+    source: Annotated[
+        str | None, typer.Option(help="Interaction log; default: MovieLens-1M (download or $GRU4REC_ML1M_PATH).")
+    ] = None,
+    format: Annotated[Format | None, typer.Option("--format", help="Source format; default: detect.")] = None,
+    test_source: Annotated[str | None, typer.Option(help="Pre-split test file (split 'given').")] = None,
+    valid_source: Annotated[str | None, typer.Option(help="Pre-split validation file.")] = None,
+    session: Annotated[Session | None, typer.Option(help="Session definition (default by format).")] = None,
+    split: Annotated[SplitMode | None, typer.Option(help="Split mode (default by format).")] = None,
+    days: Annotated[float | None, typer.Option(help="Test window N in days.")] = None,
+    gap_minutes: Annotated[float | None, typer.Option(help="Gap that starts a new session.")] = None,
+    min_item_support: Annotated[int | None, typer.Option(help="Drop items with fewer events.")] = None,
+    preset: Annotated[str | None, typer.Option(help="tutorial, gru4rec-xe or gru4rec-bprmax.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Model/training override KEY=VALUE.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the preset's).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for PyTorch.")] = None,
+    full: Annotated[bool | None, typer.Option(help="Train the registered model on train+valid.")] = None,
+    registry_name: Annotated[str | None, typer.Option(help="Registered model name.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: embedded SQLite).")] = None,
+    primary_metric: Annotated[str | None, typer.Option(help="Metric deciding the champion.")] = None,
+    workdir: Annotated[str | None, typer.Option(help="Run directories and the embedded MLflow store.")] = None,
+    cache: Annotated[bool | None, typer.Option(help="Reuse ingest/validate/split results.")] = None,
+    cache_training: Annotated[bool | None, typer.Option(help="Also reuse a trained model.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file with a full PipelineConfig; options override it.")
+    ] = None,
+) -> None:
+    """The whole pipeline: ingest → validate → split → train → evaluate → register (MLflow)."""
+    from gru4rec.pipeline_config import PipelineConfig
+
+    try:
+        data = json.loads(config.read_text(encoding="utf-8")) if config else {}
+    except (OSError, json.JSONDecodeError) as e:
+        _fail(f"cannot read --config {config}: {e}")
+
+    def put(section: str, key: str, value) -> None:
+        if value is not None:
+            data.setdefault(section, {})[key] = value.value if isinstance(value, Enum) else value
+
+    put("ingest", "source", source)
+    put("ingest", "format", format)
+    put("ingest", "test_source", test_source)
+    put("ingest", "valid_source", valid_source)
+    put("split", "session", session)
+    put("split", "split", split)
+    put("split", "test_days", days)
+    put("split", "gap_minutes", gap_minutes)
+    put("split", "min_item_support", min_item_support)
+    put("model", "preset", preset)
+    put("model", "epochs", epochs)
+    put("model", "seed", seed)
+    put("model", "device", device)
+    put("model", "threads", threads)
+    put("model", "full", full)
+    if set_:
+        data.setdefault("model", {}).setdefault("overrides", {}).update(_parse_sets(set_))
+    put("registry", "name", registry_name)
+    put("registry", "tracking_uri", tracking_uri)
+    put("registry", "primary_metric", primary_metric)
+    if workdir is not None:
+        data["workdir"] = workdir
+    if cache is not None:
+        data["cache_data"] = cache
+    if cache_training is not None:
+        data["cache_training"] = cache_training
+    try:
+        cfg = PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        _fail(f"invalid settings: {_pydantic_message(e)}")
+
+    _prefect_env()
+    from flows.training import training_pipeline
+
+    try:
+        result = training_pipeline(cfg)
+    except PipelineError as e:
+        _fail(str(e))
+    report = {
+        "metrics": result["metrics"],
+        "ks": cfg.evaluation.ks,
+        "n_targets": result["metrics"]["gru4rec"]["n_targets"],
+    }
+    print_metrics_table(report, title=f"Test set ({report['n_targets']:,} targets, ties={cfg.evaluation.ties})")
+    reg = result["registration"]
+    console.print(
+        f"registered [bold]{reg['registry_name']}[/bold] version [bold]{reg['version']}[/bold] as "
+        f"[bold]{reg['alias']}[/bold]: {reg['decision']}",
+        highlight=False,
+    )
+    tm = result["timings"]
+    console.print(
+        f"device: {result['device']}; wall {tm['total']:.1f} s = compute {tm['compute']:.1f} s "
+        f"(training + evaluation) + orchestration/data {tm['overhead']:.1f} s; run directory {result['run_dir']}",
+        highlight=False,
+    )
+    console.print(f"MLflow: {result['tracking_uri']}", highlight=False)
+
+
+@app.command()
+def recommend(
+    items: Annotated[list[str], typer.Argument(help="The session so far: item ids, oldest first.")],
+    model: Annotated[str, typer.Option(help="NAME[@alias] or NAME/version in the registry, or a model directory.")] = (
+        "gru4rec@champion"
+    ),
+    k: Annotated[int, typer.Option(help="Number of recommendations.")] = 20,
+    exclude_seen: Annotated[bool, typer.Option(help="Do not recommend items already in the session.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: embedded store).")] = None,
+    workdir: Annotated[str, typer.Option(help="Workdir of the embedded MLflow store.")] = "runs",
+) -> None:
+    """Next-item recommendations for one session."""
+    from gru4rec.errors import ModelFileError
+
+    try:
+        if Path(model).is_dir():
+            from gru4rec.persist import load_model
+            from gru4rec.recommender import Recommender
+
+            rec = Recommender(load_model(model)).recommend([items], k=k, exclude_seen=exclude_seen)[0]
+            rec = {
+                "items": rec.items,
+                "scores": rec.scores,
+                "unknown_items": rec.unknown_items,
+                "fallback": rec.fallback,
+            }
+        else:
+            rec = _recommend_from_registry(model, items, k, exclude_seen, tracking_uri, workdir)
+    except PipelineError as e:
+        _fail(str(e))
+    except ModelFileError as e:  # pragma: no cover - ModelFileError is a PipelineError
+        _fail(str(e))
+    if rec["unknown_items"]:
+        console.print(f"unknown items skipped: {', '.join(map(str, rec['unknown_items']))}", highlight=False)
+    if rec["fallback"]:
+        console.print("[yellow]no known item in the session: most popular items returned (fallback)[/yellow]")
+    table = Table(title=f"Top {k} next items ({model})")
+    table.add_column("rank", justify="right")
+    table.add_column("item")
+    table.add_column("score", justify="right")
+    for i, (item, score) in enumerate(zip(rec["items"], rec["scores"]), 1):
+        table.add_row(str(i), str(item), f"{float(score):.4f}")
+    console.print(table)
+
+
+def _recommend_from_registry(model: str, items: list[str], k: int, exclude_seen: bool, tracking_uri, workdir) -> dict:
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    from gru4rec.errors import ModelFileError
+    from gru4rec.registry import embedded_tracking_uri
+
+    uri = tracking_uri or embedded_tracking_uri(Path(workdir) / "mlflow")[0]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if "@" in model:
+        name, alias = model.split("@", 1)
+        model_uri = f"models:/{name}@{alias}"
+    elif "/" in model:
+        model_uri = f"models:/{model}"
+    else:
+        model_uri = f"models:/{model}@champion"
+    try:
+        pyfunc = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as e:
+        raise ModelFileError(f"cannot load {model_uri} from {uri}: {e.message.splitlines()[0]}") from None
+    out = pyfunc.predict(pd.DataFrame({"items": [items]}), params={"k": k, "exclude_seen": exclude_seen})
+    row = out.iloc[0]
+    return {
+        "items": list(row["items"]),
+        "scores": list(row["scores"]),
+        "unknown_items": list(row["unknown_items"]),
+        "fallback": bool(row["fallback"]),
+    }
+
+
 def _pydantic_message(e: ValidationError) -> str:
     parts = []
     for err in e.errors():

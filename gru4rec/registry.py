@@ -60,6 +60,25 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
+def pyfunc_signature():
+    """Input: column ``items`` (a list of item ids per session, ints or strings); params k, exclude_seen."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), "items")]),
+        outputs=Schema(
+            [
+                ColSpec(AnyType(), "items"),
+                ColSpec(Array(DataType.double), "scores"),
+                ColSpec(AnyType(), "unknown_items"),
+                ColSpec(DataType.boolean, "fallback"),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("k", DataType.long, 20), ParamSpec("exclude_seen", DataType.boolean, False)]),
+    )
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -123,6 +142,7 @@ def log_and_register(
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(Path(gru4rec.__file__).parent)],
             pip_requirements=_pip_requirements(),
+            signature=pyfunc_signature(),
             registered_model_name=registry_name,
         )
         version = str(info.registered_model_version)
@@ -132,7 +152,7 @@ def log_and_register(
         champ = client.get_model_version_by_alias(registry_name, CHAMPION)
     except MlflowException:
         champ = None
-    if champ is None or champ.version == version:
+    if champ is None or str(champ.version) == version:
         alias, decision = CHAMPION, "first version registered: becomes champion"
     else:
         champion_version = str(champ.version)

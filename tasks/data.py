@@ -11,8 +11,13 @@ from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig, Validat
 from tasks.common import RETRY_OPTIONS
 
 
-@task(name="ingest", **RETRY_OPTIONS)
-def ingest_task(cfg: IngestConfig, out_dir: str) -> str:
+def _cache_token(context, parameters) -> str:
+    # Key on content hashes and settings (computed by the flow), never on a path string.
+    return parameters["cache_token"] or f"nocache-{context.task_run.id}"
+
+
+@task(name="ingest", **RETRY_OPTIONS, cache_key_fn=_cache_token, persist_result=True)
+def ingest_task(cfg: IngestConfig, out_dir: str, cache_token: str = "") -> str:
     """Read the source log into canonical events Parquet; return the ingest manifest's path."""
     from gru4rec.data.ingest import ingest
 
@@ -20,8 +25,8 @@ def ingest_task(cfg: IngestConfig, out_dir: str) -> str:
     return str(Path(out_dir) / "ingest_manifest.json")
 
 
-@task(name="validate", **RETRY_OPTIONS)
-def validate_task(ingest_manifest_path: str, cfg: ValidationConfig, out_dir: str) -> str:
+@task(name="validate", **RETRY_OPTIONS, cache_key_fn=_cache_token, persist_result=True)
+def validate_task(ingest_manifest_path: str, cfg: ValidationConfig, out_dir: str, cache_token: str = "") -> str:
     """Run the Great Expectations suite; a failure raises DataValidationError (never retried)."""
     from gru4rec.data.validate import validate_events
 
@@ -32,9 +37,9 @@ def validate_task(ingest_manifest_path: str, cfg: ValidationConfig, out_dir: str
     return str(Path(out_dir) / "validation_manifest.json")
 
 
-@task(name="split", **RETRY_OPTIONS)
+@task(name="split", **RETRY_OPTIONS, cache_key_fn=_cache_token, persist_result=True)
 def split_task(
-    ingest_manifest_path: str, validation_manifest_path: str, cfg: SplitConfig, out_dir: str
+    ingest_manifest_path: str, validation_manifest_path: str, cfg: SplitConfig, out_dir: str, cache_token: str = ""
 ) -> str:
     """Sessionize, filter and split into the split directory; return its manifest's path."""
     from gru4rec.data.split import make_split

@@ -1,0 +1,177 @@
+"""Integration: the end-to-end `training_pipeline` and `batch_recommend` flows on real MovieLens-100K
+under prefect_test_harness, with a tiny model: artifacts, MLflow registry decisions, validation
+stops, retries of transient failures, training resumed from its checkpoint, caching."""
+
+from __future__ import annotations
+
+import gzip
+
+import polars as pl
+import pytest
+
+from gru4rec.data.config import IngestConfig
+from gru4rec.errors import DataValidationError
+from gru4rec.pipeline_config import ModelSettings, PipelineConfig, RegistrySettings
+from tests.conftest import shared_file
+
+pytestmark = pytest.mark.slow
+
+TINY = {"model.layers": "[16]", "train.n_sample": "64", "train.batch_size": "64"}
+
+
+def _config(workdir, source, **model) -> PipelineConfig:
+    settings = dict(preset="gru4rec-xe", overrides=dict(TINY), epochs=1, threads=1, device="cpu") | model
+    return PipelineConfig(
+        ingest=IngestConfig(source=str(source)),
+        model=ModelSettings(**settings),
+        registry=RegistrySettings(name="ml100k"),
+        workdir=str(workdir),
+    )
+
+
+def _versions(workdir, name="ml100k"):
+    from mlflow import MlflowClient
+
+    from gru4rec.registry import embedded_tracking_uri
+
+    uri, _ = embedded_tracking_uri(workdir / "mlflow")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return client, sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tmp_path_factory):
+    from flows.training import training_pipeline
+
+    workdir = tmp_path_factory.mktemp("pipeline")
+    src = shared_file("ml-100k/u.data.gz")
+    result = training_pipeline(_config(workdir, src))
+    return workdir, src, result
+
+
+def test_pipeline_completes_with_artifacts_and_champion(first_run):
+    from prefect.artifacts import Artifact
+
+    workdir, _, result = first_run
+    assert result["device"] == "cpu"
+    m = result["metrics"]
+    assert set(m) == {"gru4rec", "popularity", "item-knn"}
+    assert m["gru4rec"]["n_targets"] == m["popularity"]["n_targets"] > 1000
+    for key in (
+        "split-statistics",
+        "validation-summary",
+        "training-history",
+        "training-chart",
+        "evaluation",
+        "registration",
+    ):
+        art = Artifact.get(key)
+        assert art is not None, key
+        assert str(art.flow_run_id) == result["flow_run_id"], key
+    reg = result["registration"]
+    assert reg["alias"] == "champion" and reg["version"] == "1"
+    client, versions = _versions(workdir)
+    assert versions == [1]
+    v = client.get_model_version_by_alias("ml100k", "champion")
+    assert v.tags["split_fingerprint"] == result["split_fingerprint"]
+    assert v.tags["prefect_flow_run_id"] == result["flow_run_id"]
+    run = client.get_run(reg["run_id"])
+    assert "mrr_at_20" in run.data.metrics and run.data.tags["data_manifest_hash"]
+    assert result["timings"]["overhead"] > 0 and result["timings"]["compute"] > 0
+
+
+def test_weak_model_becomes_challenger_and_data_cache_is_reused(first_run):
+    from flows.training import training_pipeline
+
+    workdir, src, first = first_run
+    weak = _config(workdir, src, overrides=TINY | {"train.lr": "0.000001"})
+    result = training_pipeline(weak)
+    assert result["split_dir"] == first["split_dir"], "same content + settings must reuse the cached split"
+    reg = result["registration"]
+    assert reg["alias"] == "challenger" and "does not beat" in reg["decision"]
+    client, versions = _versions(workdir)
+    assert versions == [1, 2]
+    assert str(client.get_model_version_by_alias("ml100k", "champion").version) == "1"
+    assert client.get_model_version("ml100k", "2").tags["decision"] == reg["decision"]
+
+
+def test_failed_validation_stops_before_training(first_run, tmp_path):
+    from flows.training import training_pipeline
+
+    workdir, src, _ = first_run
+    lines = gzip.decompress(src.read_bytes()).decode().splitlines()
+    for i in (5, 50):
+        u, it, r, _ = lines[i].split("\t")
+        lines[i] = f"{u}\t{it}\t{r}\t100"  # 1970
+    bad = tmp_path / "u.data"
+    bad.write_text("\n".join(lines) + "\n")
+    _, before = _versions(workdir)
+    with pytest.raises(DataValidationError, match="timestamp"):
+        training_pipeline(_config(workdir, bad))
+    _, after = _versions(workdir)
+    assert after == before
+
+
+def test_transient_failure_is_retried(first_run, monkeypatch):
+    import gru4rec.data.ingest as ingest_mod
+    from flows.training import training_pipeline
+
+    workdir, src, _ = first_run
+    real, calls = ingest_mod.ingest, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError("injected transient failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_mod, "ingest", flaky)
+    cfg = _config(workdir, src).model_copy(update={"cache_data": False})
+    result = training_pipeline(cfg)
+    assert len(calls) == 2 and result["registration"]["version"]
+
+
+def test_killed_training_resumes_from_checkpoint(first_run, monkeypatch):
+    import gru4rec.trainer as trainer_mod
+    from flows.training import training_pipeline
+
+    workdir, src, _ = first_run
+    real, starts = trainer_mod.train, []
+
+    def killed_after_first_epoch(split, cfg, out_dir, **kwargs):
+        ck = out_dir / trainer_mod.CHECKPOINT
+        starts.append(trainer_mod.load_checkpoint(ck)["epoch"] if ck.exists() else 0)
+        if len(starts) == 1:
+
+            def die(record):
+                raise ConnectionAbortedError("worker lost after epoch 1 (injected)")
+
+            kwargs["callbacks"] = [die]
+        return real(split, cfg, out_dir, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "train", killed_after_first_epoch)
+    result = training_pipeline(_config(workdir, src, epochs=2))
+    assert starts == [0, 1], "the retry must start from the epoch-1 checkpoint"
+    import json
+    from pathlib import Path
+
+    history = json.loads((Path(result["model_dir"]) / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_batch_recommend_covers_every_session(first_run, tmp_path):
+    from flows.batch import batch_recommend
+
+    workdir, _, _ = first_run
+    sessions = pl.DataFrame(
+        {"session_id": [1, 1, 1, 2, 3, 3], "item_id": [50, 172, 181, 999999, 1, 2], "timestamp": [1, 2, 3, 1, 1, 2]}
+    )
+    inp = tmp_path / "sessions.csv"
+    sessions.write_csv(inp)
+    out = tmp_path / "recs.parquet"
+    summary = batch_recommend(str(inp), str(out), model_name="ml100k", k=5, workdir=str(workdir))
+    recs = pl.read_parquet(out)
+    assert summary["sessions"] == 3 and recs.height == 3
+    assert all(len(x) == 5 for x in recs["items"].to_list())
+    assert summary["fallbacks"] == 1 and summary["unknown_items"] == 1
+    assert recs.filter(pl.col("session_id") == 2)["fallback"].item() is True
