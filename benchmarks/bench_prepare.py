@@ -2,8 +2,10 @@
 
 Generates a synthetic YooChoose-format click log (RSC15 scale by default: 31 M events, ~8 M
 sessions, ~37 k items, Zipf-like item popularity, realistic gaps), then times each step of our
-pipeline in its own process (wall time and peak RSS of that process), and the same steps written
-plainly in pandas on a smaller log for a speed ratio at equal size.
+pipeline in its own process (wall time and peak RSS of that process), then all three steps in one
+process (as the Prefect flow runs them: imports and page cache shared), and the same steps written
+plainly in pandas on a smaller log for a speed ratio at equal size. "seconds" is measured inside
+the child (after interpreter start), "process_seconds" around it (spawn to exit).
 
     python benchmarks/bench_prepare.py                       # 31 M events + 3 M pandas comparison
     python benchmarks/bench_prepare.py --events 3000000      # quicker
@@ -39,6 +41,8 @@ def generate_clicks(path: Path, n_events: int, n_items: int = 37_000, seed: int 
     # Session lengths: 1 + geometric, mean ≈ 3.9 like RSC15 (31.6 M events / 8 M sessions).
     n_sessions_est = int(n_events / 3.9) + 10
     lengths = 1 + rng.geometric(1 / 2.9, size=n_sessions_est)
+    while lengths.sum() < n_events:  # the estimate fell short (large n): draw more sessions
+        lengths = np.r_[lengths, 1 + rng.geometric(1 / 2.9, size=n_sessions_est // 100 + 10)]
     cum = np.cumsum(lengths)
     n_sessions = int(np.searchsorted(cum, n_events) + 1)
     lengths = lengths[:n_sessions]
@@ -60,7 +64,7 @@ def generate_clicks(path: Path, n_events: int, n_items: int = 37_000, seed: int 
     gaps[first] = 0
     # time = session start + cumulative gap inside the session
     csum = np.cumsum(gaps)
-    base = np.repeat(csum[first] , lengths)
+    base = np.repeat(csum[first], lengths)
     times = np.repeat(starts, lengths) + (csum - base)
     df = pl.DataFrame(
         {
@@ -78,11 +82,9 @@ def generate_clicks(path: Path, n_events: int, n_items: int = 37_000, seed: int 
 # --------------------------------------------------------------------------------------------
 # One step in its own process
 # --------------------------------------------------------------------------------------------
-def run_step(step: str, csv: Path, work: Path) -> dict:
-    """Executed in the child process: run one step, print its in-process wall time as JSON."""
+def _do_step(step: str, csv: Path, work: Path) -> None:
     from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig, ValidationConfig
 
-    t = time.perf_counter()
     if step == "ingest":
         from gru4rec.data.ingest import ingest
 
@@ -105,8 +107,27 @@ def run_step(step: str, csv: Path, work: Path) -> dict:
         make_split(tables, SourceFormat.YOOCHOOSE, SplitConfig(), work / "split")
     elif step == "pandas":
         pandas_pipeline(csv, work / "pandas")
+    elif step == "generate":
+        generate_clicks(csv, int(os.environ["BENCH_GENERATE_EVENTS"]))
     else:
         raise SystemExit(f"unknown step {step}")
+
+
+def run_step(step: str, csv: Path, work: Path) -> dict:
+    """Executed in the child process: run one step, print its in-process wall time as JSON.
+
+    ``all`` runs ingest, validate and split one after the other in this one process, as the Prefect
+    flow does (imports and memory are shared; per-step times are reported too).
+    """
+    t = time.perf_counter()
+    if step == "all":
+        per = {}
+        for s in STEPS:
+            t1 = time.perf_counter()
+            _do_step(s, csv, work)
+            per[s] = time.perf_counter() - t1
+        return {"step": step, "seconds": time.perf_counter() - t, "steps": per}
+    _do_step(step, csv, work)
     return {"step": step, "seconds": time.perf_counter() - t}
 
 
@@ -183,7 +204,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gru4rec-bench"))
     ap.add_argument("--repeat", type=int, default=1, help="repetitions of each measurement (median reported)")
     ap.add_argument("--threads", type=int, default=None, help="Polars/Arrow threads (default: all cores)")
-    ap.add_argument("--child", choices=[*STEPS, "pandas"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=[*STEPS, "all", "pandas", "generate"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-one-process", action="store_true", help="skip the one-process (flow-like) variant")
     ap.add_argument("--csv", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -197,8 +219,11 @@ def main() -> None:
     def ours(n: int) -> dict:
         csv = args.workdir / f"clicks-{n}.csv"
         if not csv.exists():
+            # in a child process: ru_maxrss survives fork+exec, so a big parent would inflate every
+            # later child's peak RSS (the generator needs ~3 GB at 31 M events)
             t = time.perf_counter()
-            generate_clicks(csv, n)
+            os.environ["BENCH_GENERATE_EVENTS"] = str(n)
+            spawn("generate", csv, args.workdir, args.threads)
             print(f"generated {csv} ({csv.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.1f} s")
         runs = []
         for _ in range(args.repeat):
@@ -213,8 +238,23 @@ def main() -> None:
             }
         total = sum(v["seconds"] for v in steps.values())
         total_proc = sum(v["process_seconds"] for v in steps.values())
-        return {"events": n, "steps": steps, "total_seconds": total, "total_process_seconds": total_proc,
-                "peak_rss_mb": max(v["peak_rss_mb"] for v in steps.values())}
+        res = {
+            "events": n,
+            "steps": steps,
+            "total_seconds": total,
+            "total_process_seconds": total_proc,
+            "peak_rss_mb": max(v["peak_rss_mb"] for v in steps.values()),
+        }
+        if not args.no_one_process:
+            one = [spawn("all", csv, args.workdir / f"one-{n}", args.threads) for _ in range(args.repeat)]
+            res["one_process"] = {
+                "note": "ingest+validate+split in ONE process (as the Prefect flow runs them)",
+                "seconds": statistics.median(r["seconds"] for r in one),
+                "process_seconds": statistics.median(r["process_seconds"] for r in one),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in one),
+                "steps": {s: statistics.median(r["steps"][s] for r in one) for s in STEPS},
+            }
+        return res
 
     report["ours"] = ours(args.events)
     print(json.dumps(report["ours"], indent=2))
@@ -225,13 +265,17 @@ def main() -> None:
         pandas = {
             "events": args.pandas_events,
             "seconds": statistics.median(r["seconds"] for r in pruns),
+            "process_seconds": statistics.median(r["process_seconds"] for r in pruns),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in pruns),
         }
         report["comparison"] = {
             "ours": small,
             "pandas": pandas,
             "speedup": pandas["seconds"] / small["total_seconds"],
+            "speedup_process_seconds": pandas["process_seconds"] / small["total_process_seconds"],
         }
+        if "one_process" in small:
+            report["comparison"]["speedup_one_process"] = pandas["seconds"] / small["one_process"]["seconds"]
         print(json.dumps(report["comparison"], indent=2))
     out = args.workdir / "bench_prepare.json"
     out.write_text(json.dumps(report, indent=2))

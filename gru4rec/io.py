@@ -39,10 +39,17 @@ def write_json_atomic(dest: str | os.PathLike, obj: Any) -> Path:
     return Path(dest)
 
 
-def write_parquet_atomic(df, dest: str | os.PathLike) -> Path:
-    """Write a Polars DataFrame to Parquet atomically, with settings that give byte-identical output."""
+def write_parquet_atomic(
+    df, dest: str | os.PathLike, compression: str = "zstd", compression_level: int | None = None
+) -> Path:
+    """Write a Polars DataFrame to Parquet atomically, with settings that give byte-identical output.
+
+    The defaults (zstd, Polars' default level) are for outputs that are kept; intermediates that are
+    read back at once may use a faster codec (e.g. ``compression="lz4"``). Any fixed setting is
+    deterministic: the same frame gives the same bytes.
+    """
     with atomic_path(dest) as tmp:
-        df.write_parquet(tmp, compression="zstd", statistics=True)
+        df.write_parquet(tmp, compression=compression, compression_level=compression_level, statistics=True)
     return Path(dest)
 
 

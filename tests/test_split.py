@@ -59,27 +59,56 @@ def _run(tmp_path: Path, rows, cfg: SplitConfig, scale=30 * MIN, name="out"):
     return out
 
 
+# sessions: (key, start slot, [(item, slots since the previous event)]); keys repeat, so user sessions
+# span several of them and gap sessions (45 min gap, 30 min slots) split on a 2-slot step
+sessions_st = st.lists(
+    st.tuples(
+        st.integers(0, 8),
+        st.integers(0, 60),
+        st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0, 0, 1, 1, 2])), min_size=1, max_size=6),
+    ),
+    min_size=1,
+    max_size=25,
+)
+# anchors (keys unused by generated sessions; items 0/1 get support >= 8, no adjacent repeats, 3 events so
+# they survive min_session_length=3): two early train sessions, one in the valid window (slots ~44-46:
+# both rules put it there, since the remainder's last event is before the test boundary at slot 48) and one
+# at the very end (test)
+ANCHORS = [(50, 0, 0), (50, 1, 0), (50, 0, 1), (52, 1, 2), (52, 0, 3), (52, 1, 3), (53, 0, 45), (53, 1, 45),
+           (53, 0, 46), (51, 1, 60), (51, 0, 60), (51, 1, 60)]  # fmt: skip
+
+
+def _rows_of(sessions) -> list[tuple[int, int, int]]:
+    rows = []
+    for key, start, events in sessions:
+        t = start
+        for item, step in events:
+            t += step
+            rows.append((key, item, min(t, 60)))
+    return rows
+
+
 @PROP
 @given(
-    rows=events_st,
+    sessions=sessions_st,
     split=st.sampled_from(["session-end", "global-cut"]),
     session=st.sampled_from(["user", "gap"]),
     repeats=st.booleans(),
     min_len=st.integers(1, 3),
     support=st.integers(1, 3),
 )
-def test_properties(tmp_path_factory, rows, split, session, repeats, min_len, support):
+def test_properties(tmp_path_factory, sessions, split, session, repeats, min_len, support):
     tmp = tmp_path_factory.mktemp("p")
-    # anchors: an early and a late session, so that most generated tables can be split at all
-    rows = [(50, 0, 0), (50, 1, 0), (50, 2, 1), (52, 0, 2), (52, 1, 3), *rows, (51, 0, 60), (51, 1, 60)]
+    rows = ANCHORS[:6] + _rows_of(sessions) + ANCHORS[6:]
     cfg = _cfg(
         split=split, session=session, remove_repeats=repeats, min_session_length=min_len,
         min_item_support=support, test_days=0.25, valid_days=0.25, gap_minutes=45,
     )  # fmt: skip
     out = _run(tmp, rows, cfg)
     event("split made" if not isinstance(out, str) else out)
-    if isinstance(out, str):
-        return
+    # the anchors make every generated table splittable (user sessions + global-cut included: the
+    # anchors' own keys start inside the windows); SplitError paths are tested separately below
+    assert not isinstance(out, str), out
     t = read_all(out)
     stats = json.loads((out / "stats.json").read_text())
     # every input event is in exactly one split or counted as removed
@@ -133,6 +162,29 @@ def test_properties(tmp_path_factory, rows, split, session, repeats, min_len, su
         assert (out / f).read_bytes() == (out2 / f).read_bytes(), f
     m1, m2 = (json.loads((d / "manifest.json").read_text()) for d in (out, out2))
     assert m1["fingerprint"] == m2["fingerprint"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=events_st,
+    split=st.sampled_from(["session-end", "global-cut"]),
+    session=st.sampled_from(["user", "gap"]),
+    min_len=st.integers(1, 3),
+)
+def test_split_error_path(tmp_path_factory, rows, split, session, min_len):
+    """A split that cannot be made raises SplitError naming the split and a fix, and writes no manifest."""
+    tmp = tmp_path_factory.mktemp("e")
+    cfg = _cfg(
+        split=split, session=session, min_session_length=min_len, test_days=0.25, valid_days=0.25,
+        gap_minutes=45, min_test_sessions=1000,
+    )  # fmt: skip
+    keys, items, times = zip(*rows, strict=True)
+    src = write_events(tmp / "e.parquet", keys, items, [t * 30 * MIN for t in times])
+    with pytest.raises(SplitError) as e:
+        make_split({"events": src}, SourceFormat.CSV, cfg, tmp / "o")
+    msg = str(e.value)
+    assert ("split has" in msg and "Fix:" in msg) or "no events left after filtering" in msg
+    assert not (tmp / "o" / "manifest.json").exists()
 
 
 def _reference_sessions(rows, gap_ms):

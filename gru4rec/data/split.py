@@ -96,10 +96,12 @@ def _sessionize(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.Da
     """Order events by (key, time, original row) and number sessions densely in that order.
 
     Returns (events[_sid, item_id, timestamp], sessions[_sid, session_key, _n]); _sid order equals
-    (session_key, _n) order. Two stable single-column sorts (time, then key) give exactly the
-    (key, time, row) order and are much faster in Polars than one multi-column sort.
+    (session_key, _n) order and ``sessions`` row i has _sid i. Logs are usually already grouped by
+    key and time-ordered inside (YooChoose, most exports): one linear check detects that and skips
+    the sort; otherwise one stable two-column sort gives exactly the (key, time, row) order.
     """
-    df = df.sort("timestamp", maintain_order=True).sort("session_key", maintain_order=True)
+    if not _is_key_time_ordered(df):
+        df = df.sort(["session_key", "timestamp"], maintain_order=True)
     new_key = pl.col("session_key").ne_missing(pl.col("session_key").shift(1))
     if cfg.session == "gap":
         gap_ms = cfg.gap_minutes * 60_000.0
@@ -110,6 +112,16 @@ def _sessionize(df: pl.DataFrame, cfg: SplitConfig) -> tuple[pl.DataFrame, pl.Da
         df = df.with_columns((new_key.cum_sum() - 1).cast(pl.UInt32).alias(_SID), pl.lit(0, pl.UInt32).alias(_N))
     sessions = df.filter(_FIRST_E).select(_SID, "session_key", _N)
     return df.select(_SID, "item_id", "timestamp"), sessions
+
+
+def _is_key_time_ordered(df: pl.DataFrame) -> bool:
+    """True when rows are already sorted by (session_key, timestamp) with no nulls (a stable sort is a no-op)."""
+    if df.height < 2:
+        return True
+    k, t = pl.col("session_key"), pl.col("timestamp")
+    kp, tp = k.shift(1), t.shift(1)
+    # a null makes the comparison null -> False -> sort (which puts nulls first, as before)
+    return bool(df.select(((k > kp) | ((k == kp) & (t >= tp))).fill_null(False).slice(1).all()).item())
 
 
 def _n_sessions(df: pl.DataFrame) -> int:
@@ -296,16 +308,17 @@ def _order_and_number(
     """Number sessions densely over all splits by (start, key, gap number, split) and reorder rows.
 
     Sessions are contiguous blocks already ordered by (time, row) inside, so the final row order is a
-    permutation of whole blocks: computed with numpy (repeat + arange), no full sort of the events.
+    permutation of whole blocks: a stable sort on the per-row session rank (skipped when the blocks
+    are already in order).
     """
-    heads, blocks = [], {}
+    heads = []
     for k, name in enumerate(SPLITS):
         df = parts[name]
         first = np.flatnonzero(df.select(_FIRST_E).to_series().to_numpy()) if df.height else np.zeros(0, np.int64)
         first = first.astype(np.int64)
-        blocks[name] = (first, np.diff(np.r_[first, df.height]).astype(np.int64))
         h = df[first].select(_SID, pl.col("timestamp").alias("_t0"))
-        h = h.join(sessions[name], on=_SID, how="left", maintain_order="left")
+        # row i of a sessions table has _sid i (see _sessionize): a gather, not a join
+        h = pl.concat([h, sessions[name].select("session_key", _N).gather(h[_SID])], how="horizontal")
         heads.append(h.with_columns(pl.lit(k, pl.UInt8).alias("_split"), pl.int_range(pl.len()).alias("_blk")))
     # Stable single-column sorts from least to most significant key == sort by (t0, key, n, split).
     allh = pl.concat(heads)
@@ -317,22 +330,20 @@ def _order_and_number(
     out = {}
     for k, name in enumerate(SPLITS):
         df = parts[name]
-        h = allh.filter(pl.col("_split") == k)
-        first, lens = blocks[name]
+        h = allh.filter(pl.col("_split") == k).rechunk()
         blk = h["_blk"].to_numpy()
-        starts, ls = first[blk], lens[blk]
-        new_starts = np.cumsum(ls) - ls
-        perm = np.arange(df.height, dtype=np.int64) + np.repeat(starts - new_starts, ls)
-        rep = np.repeat(np.arange(len(ls), dtype=np.int64), ls)
-        keys = h.select(_session_key_expr(cfg))["session_key"]
-        out[name] = pl.DataFrame(
-            [
-                pl.Series("session_id", np.repeat(h["session_id"].to_numpy().astype(np.int64), ls)),
-                keys.gather(rep),
-                df["item_id"].gather(perm),
-                df["timestamp"].gather(perm),
-            ]
-        )
+        # per row: rank (in session_id order) of its session inside this split
+        local = df.select((_FIRST_E.cum_sum() - 1).cast(pl.UInt32)).to_series()
+        if np.array_equal(blk, np.arange(len(blk))):  # sessions already in session_id order
+            pos, item, ts = local, df["item_id"], df["timestamp"]
+        else:  # reorder whole session blocks: one stable sort on the rank (rows keep their order inside)
+            rank = np.empty(len(blk), np.uint32)
+            rank[blk] = np.arange(len(blk), dtype=np.uint32)
+            frame = pl.DataFrame([pl.Series("_pos", rank).gather(local), df["item_id"], df["timestamp"]])
+            frame = frame.sort("_pos", maintain_order=True)
+            pos, item, ts = frame["_pos"], frame["item_id"], frame["timestamp"]
+        keys = h.select(_session_key_expr(cfg))["session_key"].rechunk()
+        out[name] = pl.DataFrame([h["session_id"].cast(pl.Int64).gather(pos), keys.gather(pos), item, ts])
     return out
 
 

@@ -1,0 +1,133 @@
+"""Session-parallel mini-batches (Hidasi et al. 2016), precomputed for a whole epoch as flat arrays.
+
+B slots each walk through one session at a time; at every step a slot yields (current item, next
+item). When a slot's session is used up, the slot takes the next session in start-time order at the
+very next step and its hidden state must be zeroed. Once no session is left, finished slots stay
+empty and the batch shrinks; active slots keep their relative order, so the trainer keeps hidden
+rows aligned by indexing with `Step.keep`.
+
+The schedule: a session of length L (≥ 2; shorter ones yield nothing) occupies its slot for L - 1
+consecutive steps. Sessions are handed out in order, each to the slot that frees first (ties: lowest
+slot index) — a heap walk over *sessions*, not steps. Every (session, position) pair then gets
+step = start_step + position and a slot; one counting sort by (step, slot) lays out the epoch in
+step-major order, so a step is a slice ``[step_offsets[t]:step_offsets[t+1]]`` of flat arrays.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A whole epoch, step-major. Row r of step t is ``[step_offsets[t] + r]`` of the flat arrays."""
+
+    inputs: np.ndarray  # int64 item index fed at this (step, slot)
+    targets: np.ndarray  # int64 next item
+    slots: np.ndarray  # int64 slot of each row (ascending within a step)
+    sessions: np.ndarray  # int64 session number (index into the offsets given)
+    positions: np.ndarray  # int64 position of the input item inside its session
+    step_offsets: np.ndarray  # int64, n_steps + 1
+    batch_size: int
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.step_offsets) - 1
+
+    @property
+    def n_events(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def resets(self) -> np.ndarray:
+        """True for rows whose slot starts a new session (hidden state to zero)."""
+        return self.positions == 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One mini-batch. ``keep`` (or None when the batch did not shrink) indexes the previous step's rows
+    that are still active, in order; ``reset`` lists rows (of this step) that start a new session."""
+
+    index: int
+    inputs: np.ndarray
+    targets: np.ndarray
+    slots: np.ndarray
+    reset: np.ndarray  # int64 row indices
+    keep: np.ndarray | None
+
+
+def _assign(lengths: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot and start step of every session (all of length ≥ 2), sessions taken in the given order."""
+    n = len(lengths)
+    slot = np.empty(n, np.int64)
+    start = np.empty(n, np.int64)
+    first = min(batch_size, n)
+    slot[:first] = np.arange(first)
+    start[:first] = 0
+    if n > first:
+        steps = (lengths - 1).tolist()
+        heap = [(steps[s], s) for s in range(first)]  # (free at step, slot)
+        heapq.heapify(heap)
+        for s in range(first, n):
+            t, k = heap[0]
+            slot[s] = k
+            start[s] = t
+            heapq.heapreplace(heap, (t + steps[s], k))
+    return slot, start
+
+
+def build_schedule(offsets: np.ndarray, items: np.ndarray, batch_size: int) -> Schedule:
+    """The epoch's session-parallel schedule for sessions ``items[offsets[s]:offsets[s+1]]``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    offsets = np.asarray(offsets, np.int64)
+    items = np.asarray(items, np.int64)
+    lengths_all = np.diff(offsets)
+    used = np.flatnonzero(lengths_all >= 2)
+    lengths = lengths_all[used]
+    slot_s, start_s = _assign(lengths, batch_size)
+    pairs = lengths - 1
+    total = int(pairs.sum())
+    # Expand per session to its (session, position) pairs.
+    sess_rep = np.repeat(np.arange(len(used)), pairs)
+    first_pair = np.cumsum(pairs) - pairs
+    pos = np.arange(total, dtype=np.int64) - np.repeat(first_pair, pairs)
+    step = np.repeat(start_s, pairs) + pos
+    slot = np.repeat(slot_s, pairs)
+    n_steps = int(step.max()) + 1 if total else 0
+    order = np.argsort(step * batch_size + slot, kind="stable")
+    sess = used[sess_rep[order]]
+    pos = pos[order]
+    src = offsets[sess] + pos
+    counts = np.bincount(step, minlength=n_steps)
+    step_offsets = np.zeros(n_steps + 1, np.int64)
+    np.cumsum(counts, out=step_offsets[1:])
+    return Schedule(
+        inputs=items[src],
+        targets=items[src + 1],
+        slots=slot[order],
+        sessions=sess,
+        positions=pos,
+        step_offsets=step_offsets,
+        batch_size=batch_size,
+    )
+
+
+def iterate(schedule: Schedule, start_step: int = 0) -> Iterator[Step]:
+    """Walk the schedule step by step (numpy slices; only a shrinking step does a searchsorted)."""
+    so = schedule.step_offsets
+    prev_slots = None
+    for t in range(start_step, schedule.n_steps):
+        a, b = so[t], so[t + 1]
+        slots = schedule.slots[a:b]
+        keep = None
+        if prev_slots is not None and len(slots) != len(prev_slots):
+            keep = np.searchsorted(prev_slots, slots)
+        pos = schedule.positions[a:b]
+        yield Step(t, schedule.inputs[a:b], schedule.targets[a:b], slots, np.flatnonzero(pos == 0), keep)
+        prev_slots = slots

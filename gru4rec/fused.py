@@ -1,0 +1,211 @@
+"""Hand-written forward + backward of one training step for the one-layer model (no autograd).
+
+The hidden state is detached every step (no BPTT), so one step's graph is tiny and the autograd
+bookkeeping costs more than the arithmetic. This computes the same gradients as autograd through
+`GRU4Rec.step` + `GRU4Rec.score` + `gru4rec.losses` (checked in tests/test_trainer.py) with a few
+dozen tensor ops, and hands them to the optimiser as dense tensors or (unique rows, values) pairs.
+
+GRU (gates [candidate | reset | update], h = previous hidden, constant)::
+
+    vx = x W_x + b;  r = σ(vx_r + h W_r);  z = σ(vx_z + h W_z)
+    c = tanh(vx_c + (r ⊙ h) W_h);  h' = h + z ⊙ (c - h);  o = dropout(h')
+
+Backward from dS (scores gradient), S = o W_colsᵀ + b_cols::
+
+    dW_cols = dSᵀ o;  db_cols = Σ_rows dS;  do = dS W_cols;  dh' = do ⊙ mask_h
+    dc = dh' ⊙ z ⊙ (1 - c²);  dz = dh' ⊙ (c - h) ⊙ z(1 - z)
+    d(rh) = dc W_hᵀ;  dW_h = (r⊙h)ᵀ dc;  dr = d(rh) ⊙ h ⊙ r(1 - r)
+    dvx = [dc | dr | dz];  dW_rz = hᵀ [dr | dz];  db = Σ_rows dvx;  dW_x = xᵀ dvx;  dx = dvx W_xᵀ
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gru4rec.losses import compute_loss, cross_entropy_and_grad, sampled_columns
+from gru4rec.model import GRU4Rec
+from gru4rec.optim import coalesce_rows
+
+
+def supports(model: GRU4Rec) -> bool:
+    return len(model.layers) == 1
+
+
+class FusedStep:
+    """``grads(inputs, targets, hidden, negatives)`` → (loss, grads in `param_order`, new hidden)."""
+
+    def __init__(
+        self,
+        model: GRU4Rec,
+        param_order: list[torch.nn.Parameter],
+        *,
+        loss: str,
+        full: bool,
+        logq: float = 0.0,
+        bpreg: float = 0.0,
+        elu: float = 0.0,
+        log_q_batch: torch.Tensor | None = None,
+        log_q_sample: torch.Tensor | None = None,
+    ):
+        if not supports(model):
+            raise ValueError("the fused step handles one GRU layer only")
+        self.m = model
+        self.layer = model.layers[0]
+        self.loss, self.full = loss, full
+        self.logq, self.bpreg, self.elu = logq, bpreg, elu
+        self.log_q_batch, self.log_q_sample = log_q_batch, log_q_sample
+        self.H = model.cfg.layers[0]
+        self.emb = model.cfg.embedding
+        self.p_emb = model.cfg.dropout_embedding if self.emb != "onehot" else 0.0
+        self.p_hid = model.cfg.dropout_hidden
+        self.pos = {id(p): i for i, p in enumerate(param_order)}
+        self.n_params = len(param_order)
+        self._masks: dict = {}
+
+    def _mask(self, like: torch.Tensor, p: float) -> torch.Tensor | None:
+        """Inverted-dropout mask (0 or 1/(1-p)) for ``like``, sliced from a buffer refilled every
+        ~256 steps from torch's global RNG (one bulk draw instead of a small one per step)."""
+        if p <= 0 or not self.m.training:
+            return None
+        n, w = like.shape
+        key = (w, p)
+        buf, pos = self._masks.get(key, (None, 0))
+        if buf is None or pos + n > buf.shape[0]:
+            rows = max(256 * n, 4096)
+            buf = (torch.rand(rows, w, device=like.device) >= p).to(like.dtype).mul_(1.0 / (1.0 - p))
+            pos = 0
+        self._masks[key] = (buf, pos + n)
+        return buf[pos : pos + n]
+
+    def mask_state(self) -> dict:
+        """Dropout buffers (checkpointed so a resumed run continues with the same masks)."""
+        return {f"{w}|{p!r}": (buf.cpu(), pos) for (w, p), (buf, pos) in self._masks.items()}
+
+    def load_mask_state(self, state: dict) -> None:
+        self._masks = {}
+        for k, (buf, pos) in state.items():
+            w, p = k.split("|")
+            self._masks[(int(w), float(p))] = (buf.to(self.m.item_out.device), int(pos))
+
+    def _scores_grad(self, s: torch.Tensor, pos, exclude, log_q):
+        if self.loss == "cross-entropy":
+            return cross_entropy_and_grad(
+                s, pos=pos, exclude=exclude, log_q=log_q, logq=0.0 if self.full else self.logq
+            )
+        with torch.enable_grad():
+            s = s.detach().requires_grad_(True)
+            loss = compute_loss(s, self.loss, pos=pos, exclude=exclude, bpreg=self.bpreg, elu=self.elu)
+            (ds,) = torch.autograd.grad(loss, s)
+        return loss.detach(), ds
+
+    @torch.no_grad()
+    def grads(self, inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor, negatives: torch.Tensor | None):
+        m, L, H = self.m, self.layer, self.H
+        h = hidden
+        # ---- forward
+        if self.emb == "onehot":
+            x = None
+            vx = L.w_x.index_select(0, inputs).add_(L.b)
+        else:
+            table = m.item_in if self.emb == "separate" else m.item_out
+            x = table.index_select(0, inputs)
+            me = self._mask(x, self.p_emb)
+            if me is not None:
+                x = x * me
+            vx = torch.addmm(L.b, x, L.w_x)
+        vh = h @ L.w_rz
+        rz = torch.sigmoid_(vh.add_(vx[:, H:]))
+        r, z = rz[:, :H], rz[:, H:]
+        rh = r * h
+        c = torch.tanh_(torch.addmm(vx[:, :H], rh, L.w_h))
+        c_minus_h = c - h
+        hn = torch.addcmul(h, z, c_minus_h)
+        mh = self._mask(hn, self.p_hid)
+        o = hn if mh is None else hn * mh
+        # ---- scores and their gradient
+        if self.full:
+            W, bias = m.item_out, m.item_bias
+            s = o @ W.t() if bias is None else torch.addmm(bias.t(), o, W.t())
+            loss, ds = self._scores_grad(s, targets, None, None)
+        else:
+            # Deduplicated columns: one column per distinct item among [targets | negatives | inputs].
+            # A candidate item occurring k times contributes k·exp(z) to the softmax (log-weight
+            # offset); for row i its own target column counts once (its duplicates are excluded,
+            # see gru4rec.losses); items present only as inputs get weight 0 (offset -inf).
+            n_cand = len(targets) + (0 if negatives is None else len(negatives))
+            cand = targets if negatives is None else torch.cat([targets, negatives])
+            uniq, inv = torch.unique(torch.cat([cand, inputs]), sorted=True, return_inverse=True)
+            inv_c, inv_in = inv[:n_cand], inv[n_cand:]
+            W = m.item_out.index_select(0, uniq)
+            if m.item_bias is None:
+                s = o @ W.t()
+            else:
+                s = torch.addmm(m.item_bias.index_select(0, uniq).t(), o, W.t())
+            pos = inv_c[: len(targets)]
+            if self.loss == "cross-entropy":
+                if self.logq and self.log_q_batch is not None:
+                    lw = self.log_q_batch.index_select(0, targets).mul_(-self.logq)
+                    if negatives is not None:
+                        lw = torch.cat([lw, self.log_q_sample.index_select(0, negatives).mul_(-self.logq)])
+                    w = torch.exp(lw)
+                    own = lw[: len(targets)]
+                else:
+                    w = torch.ones(n_cand, dtype=s.dtype, device=s.device)
+                    own = torch.zeros(len(targets), dtype=s.dtype, device=s.device)
+                colw = torch.zeros(len(uniq), dtype=s.dtype, device=s.device).index_add_(0, inv_c, w)
+                logits = s + torch.log(colw)
+                pcol = pos.view(-1, 1)
+                logits.scatter_(1, pcol, s.gather(1, pcol) + own.view(-1, 1))
+                loss, ds = cross_entropy_and_grad(logits, pos=pos)
+            else:
+                # Ranking losses: expand to the B × M candidate layout, autograd on the scores only,
+                # fold the gradient back onto the distinct columns.
+                cols, exclude = sampled_columns(targets, negatives)
+                s_m = s.index_select(1, inv_c)
+                loss, ds_m = self._scores_grad(s_m, None, exclude, None)
+                ds = torch.zeros_like(s).index_add_(1, inv_c, ds_m)
+        # ---- backward
+        dW = ds.t() @ o
+        db_out = ds.sum(0, keepdim=True).t()
+        dh = ds @ W
+        if mh is not None:
+            dh.mul_(mh)
+        dc = torch.ops.aten.tanh_backward(dh * z, c)
+        dz = torch.ops.aten.sigmoid_backward(dh.mul_(c_minus_h), z)
+        drh = dc @ L.w_h.t()
+        dw_h = rh.t() @ dc
+        dr = torch.ops.aten.sigmoid_backward(drh.mul_(h), r)
+        drz = torch.cat([dr, dz], 1)
+        dvx = torch.cat([dc, drz], 1)
+        dw_rz = h.t() @ drz
+        db = dvx.sum(0)
+        grads: list = [None] * self.n_params
+        P = self.pos
+        grads[P[id(L.w_rz)]] = dw_rz
+        grads[P[id(L.w_h)]] = dw_h
+        grads[P[id(L.b)]] = db
+        in_rows = in_vals = None
+        if self.emb == "onehot":
+            grads[P[id(L.w_x)]] = coalesce_rows(inputs, dvx)
+        else:
+            grads[P[id(L.w_x)]] = x.t() @ dvx
+            dx = dvx @ L.w_x.t()
+            if me is not None:
+                dx.mul_(me)
+            in_rows, in_vals = inputs, dx
+            if self.emb == "separate":
+                grads[P[id(m.item_in)]] = coalesce_rows(in_rows, in_vals)
+                in_rows = None
+        if self.full:
+            if in_rows is not None:
+                dW.index_add_(0, in_rows, in_vals)
+            grads[P[id(m.item_out)]] = dW
+            if m.item_bias is not None:
+                grads[P[id(m.item_bias)]] = db_out
+        else:
+            if in_rows is not None:
+                dW.index_add_(0, inv_in, in_vals)
+            grads[P[id(m.item_out)]] = (uniq, dW)
+            if m.item_bias is not None:
+                grads[P[id(m.item_bias)]] = (uniq, db_out)
+        return loss, grads, hn

@@ -1,0 +1,179 @@
+"""Adagrad with momentum (GRU4Rec's optimiser) and Adam, with row-sparse updates for item tables.
+
+A parameter whose gradient is sparse (the item tables of `GRU4Rec.sparse_parameters()` with a
+sampled output) is updated on the touched rows only: the gradient is coalesced (duplicate rows
+summed), the state rows are gathered, updated and scattered back, and the parameter rows are
+changed with ``index_add_``. The step cost is proportional to the rows in the batch, not to the
+catalogue. Untouched rows and their state do not change at all (also no momentum carry-over, as in
+GRU4Rec's sparse updates). Dense gradients get the same formulas on the whole tensor.
+
+Adagrad with momentum, per element, g = gradient (eps = 1e-6, acc and v start at 0)::
+
+    acc ← acc + g²
+    v   ← momentum · v + lr · g / sqrt(acc + eps)
+    p   ← p - v
+
+(with momentum = 0, v is not stored and p ← p - lr · g / sqrt(acc + eps)).
+
+Adam (Kingma & Ba), t counted per parameter (every step that has a gradient for it, like
+``torch.optim.SparseAdam``)::
+
+    m ← β1 m + (1 - β1) g;  u ← β2 u + (1 - β2) g²
+    p ← p - lr · (m / (1 - β1^t)) / (sqrt(u / (1 - β2^t)) + eps)
+
+`step()` reads ``p.grad`` (dense or sparse); `step_grads(grads)` takes the gradients directly, each
+either a dense tensor or a ``(rows, values)`` pair with unique rows — used by the fused training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+
+def coalesce_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the values of duplicate rows: (unique sorted rows, summed values)."""
+    uniq, inv = torch.unique(rows, sorted=True, return_inverse=True)
+    out = torch.zeros((len(uniq),) + values.shape[1:], dtype=values.dtype, device=values.device)
+    out.index_add_(0, inv, values)
+    return uniq, out
+
+
+class _RowOptimizer:
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float):
+        self.params = list(params)
+        self.lr = float(lr)
+        self.state: list[dict[str, torch.Tensor]] = [self._init_state(p) for p in self.params]
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = []
+        for p in self.params:
+            g = p.grad
+            if g is not None and g.is_sparse:
+                g = g.coalesce()
+                g = (g.indices()[0], g.values())
+            grads.append(g)
+        self.step_grads(grads)
+
+    @torch.no_grad()
+    def step_grads(self, grads: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        dense_i = []
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            if isinstance(g, tuple):
+                self._rows(i, g[0], g[1])
+            else:
+                dense_i.append(i)
+        if dense_i:
+            self._dense(dense_i, [grads[i] for i in dense_i])
+
+    def _rows(self, i: int, rows: torch.Tensor, g: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _dense(self, idx: list[int], grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "state": [{k: v.clone() for k, v in s.items()} for s in self.state]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        if len(sd["state"]) != len(self.params):
+            raise ValueError("optimiser state does not match the parameters")
+        for s, saved in zip(self.state, sd["state"]):
+            for k, v in saved.items():
+                s[k].copy_(v)
+
+
+class AdagradM(_RowOptimizer):
+    def __init__(self, params, lr: float, momentum: float = 0.0, eps: float = 1e-6):
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+        super().__init__(params, lr)
+
+    def _init_state(self, p):
+        s = {"acc": torch.zeros_like(p, memory_format=torch.contiguous_format)}
+        if self.momentum > 0:
+            s["v"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+        return s
+
+    def _rows(self, i, rows, g):
+        p, s = self.params[i], self.state[i]
+        acc = s["acc"].index_select(0, rows).addcmul_(g, g)
+        s["acc"].index_copy_(0, rows, acc)
+        upd = g / acc.add_(self.eps).sqrt_()
+        if self.momentum > 0:
+            v = s["v"].index_select(0, rows).mul_(self.momentum).add_(upd, alpha=self.lr)
+            s["v"].index_copy_(0, rows, v)
+            p.index_add_(0, rows, v, alpha=-1.0)
+        else:
+            p.index_add_(0, rows, upd, alpha=-self.lr)
+
+    def _dense(self, idx, grads):
+        ps = [self.params[i] for i in idx]
+        accs = [self.state[i]["acc"] for i in idx]
+        torch._foreach_addcmul_(accs, grads, grads)
+        std = torch._foreach_add(accs, self.eps)
+        torch._foreach_sqrt_(std)
+        if self.momentum > 0:
+            vs = [self.state[i]["v"] for i in idx]
+            torch._foreach_mul_(vs, self.momentum)
+            torch._foreach_addcdiv_(vs, grads, std, value=self.lr)
+            torch._foreach_sub_(ps, vs)
+        else:
+            torch._foreach_addcdiv_(ps, grads, std, value=-self.lr)
+
+
+class Adam(_RowOptimizer):
+    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.b1, self.b2 = betas
+        self.eps = float(eps)
+        super().__init__(params, lr)
+
+    def _init_state(self, p):
+        return {
+            "m": torch.zeros_like(p, memory_format=torch.contiguous_format),
+            "u": torch.zeros_like(p, memory_format=torch.contiguous_format),
+            "t": torch.zeros((), dtype=torch.float64),
+        }
+
+    def _coef(self, s) -> tuple[float, float]:
+        s["t"] += 1
+        t = float(s["t"])
+        return self.lr / (1 - self.b1**t), 1.0 / (1 - self.b2**t) ** 0.5
+
+    def _rows(self, i, rows, g):
+        p, s = self.params[i], self.state[i]
+        step, bc2 = self._coef(s)
+        m = s["m"].index_select(0, rows).mul_(self.b1).add_(g, alpha=1 - self.b1)
+        u = s["u"].index_select(0, rows).mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        s["m"].index_copy_(0, rows, m)
+        s["u"].index_copy_(0, rows, u)
+        denom = u.sqrt_().mul_(bc2).add_(self.eps)
+        p.index_add_(0, rows, m.div_(denom), alpha=-step)
+
+    def _dense(self, idx, grads):
+        for i, g in zip(idx, grads):
+            p, s = self.params[i], self.state[i]
+            step, bc2 = self._coef(s)
+            s["m"].mul_(self.b1).add_(g, alpha=1 - self.b1)
+            s["u"].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            denom = s["u"].sqrt().mul_(bc2).add_(self.eps)
+            p.addcdiv_(s["m"], denom, value=-step)
+
+
+def make_optimizer(name: str, params, lr: float, momentum: float = 0.0) -> _RowOptimizer:
+    if name == "adagrad":
+        return AdagradM(params, lr=lr, momentum=momentum)
+    if name == "adam":
+        return Adam(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}; choose adagrad or adam")

@@ -1,0 +1,354 @@
+"""Trainer: fused step vs autograd, overfitting, resume-after-kill, seeding, NaN guard, presets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from gru4rec.config import Gru4RecConfig
+from gru4rec.data.splits import SessionArrays, Split
+from gru4rec.errors import ConfigError, TrainingError
+from gru4rec.fused import FusedStep
+from gru4rec.losses import compute_loss, item_log_q, sampled_columns
+from gru4rec.model import GRU4Rec, ModelConfig
+from gru4rec.presets import PRESETS, get_preset
+from gru4rec.sampler import NegativeSampler
+from gru4rec.trainer import CHECKPOINT, load_checkpoint, train
+
+SESSIONS = [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9, 10], [11, 12], [13, 14, 15]]  # next item is deterministic
+
+
+def make_split(tmp_path, sessions=SESSIONS, repeat=4, n_items=16) -> Split:
+    rows = []
+    sid = 0
+    for _ in range(repeat):
+        for s in sessions:
+            rows += [(sid, it, 1000 * sid + k) for k, it in enumerate(s)]
+            sid += 1
+    df = pl.DataFrame(rows, schema={"session_id": pl.Int64, "item_idx": pl.Int32, "timestamp": pl.Int64}, orient="row")
+    counts = np.bincount(df["item_idx"].to_numpy(), minlength=n_items)
+    items = pl.DataFrame(
+        {"item_idx": np.arange(n_items, dtype=np.int32), "item_id": np.arange(n_items), "count": counts}
+    )
+    return Split(
+        directory=tmp_path, train=df, valid=df.head(0), test=df.head(0), items=items, manifest={"fingerprint": "t"}
+    )
+
+
+def stand_in_eval(
+    model, sessions: SessionArrays, *, ks=(1, 5, 10, 20), ties="conservative", batch_size=64, device=None
+):
+    """Tiny stand-in for gru4rec.evaluate.evaluate_model: recall@k / mrr@k, conservative ties."""
+    hits = {k: 0 for k in ks}
+    rr = {k: 0.0 for k in ks}
+    n = 0
+    with torch.no_grad():
+        for s in range(sessions.n_sessions):
+            seq = sessions.items[sessions.offsets[s] : sessions.offsets[s + 1]]
+            h = model.init_hidden(1)
+            for a, b in zip(seq[:-1], seq[1:]):
+                out, h = model.step(torch.tensor([a]), h)
+                sc = model.score(out)[0]
+                rank = int((sc >= sc[b]).sum())
+                n += 1
+                for k in ks:
+                    if rank <= k:
+                        hits[k] += 1
+                        rr[k] += 1.0 / rank
+    res = {f"recall@{k}": hits[k] / n for k in ks}
+    res.update({f"mrr@{k}": rr[k] / n for k in ks})
+    return res
+
+
+def cfg_small(**train) -> Gru4RecConfig:
+    base = {
+        "progress": False,
+        "device": "cpu",
+        "epochs": 3,
+        "batch_size": 3,
+        "n_sample": 4,
+        "lr": 0.1,
+        "momentum": 0.2,
+        "seed": 7,
+    }
+    base.update(train)
+    return Gru4RecConfig(model=ModelConfig(layers=[12], dropout_hidden=0.2, dropout_embedding=0.1), train=base)
+
+
+# --- fused step == autograd ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("embedding", ["constrained", "onehot", "separate"])
+@pytest.mark.parametrize(
+    "loss,n_sample",
+    [("cross-entropy", 5), ("cross-entropy", 0), ("cross-entropy", "full"), ("bpr-max", 5), ("top1", 0)],
+)
+def test_fused_gradients_equal_autograd(embedding, loss, n_sample):
+    torch.manual_seed(0)
+    n_items, B = 9, 4
+    model = GRU4Rec(ModelConfig(embedding=embedding, layers=[6], embedding_dim=5), n_items).double()
+    full = n_sample == "full"
+    model.set_sparse_grad(not full)
+    params = model.sparse_parameters() + model.dense_parameters()
+    counts = torch.arange(1, n_items + 1, dtype=torch.float64)
+    lb, ls = item_log_q(counts, 0.5)
+    logq = 0.8 if loss == "cross-entropy" and not full else 0.0
+    kw = dict(bpreg=0.3, elu=0.5) if loss != "cross-entropy" else {}
+    inputs = torch.tensor([1, 2, 2, 8])
+    targets = torch.tensor([3, 3, 0, 5])
+    negs = torch.tensor([3, 7, 7, 1, 0]) if not full and n_sample else None
+    h = torch.randn(B, 6, dtype=torch.float64)
+    # autograd
+    out, (hn,) = model.step(inputs, [h])
+    if full:
+        scores, pos, exclude, lq = model.score(out), targets, None, None
+    else:
+        cols, exclude = sampled_columns(targets, negs)
+        scores, pos = model.score(out, cols), None
+        lq = torch.cat([lb[targets]] + ([ls[negs]] if negs is not None else []))
+    ref = compute_loss(scores, loss, pos=pos, exclude=exclude, log_q=lq, logq=logq, **kw)
+    ref.backward()
+    fs = FusedStep(model, params, loss=loss, full=full, logq=logq, log_q_batch=lb, log_q_sample=ls, **kw)
+    got_loss, grads, got_h = fs.grads(inputs, targets, h, negs)
+    assert got_loss.item() == pytest.approx(ref.item(), rel=1e-10)
+    assert torch.allclose(got_h, hn.detach(), atol=1e-12)
+    for p, g in zip(params, grads):
+        want = p.grad.to_dense() if p.grad.is_sparse else p.grad
+        if isinstance(g, tuple):
+            g = torch.zeros_like(p).index_add_(0, g[0], g[1])
+        assert torch.allclose(g, want, atol=1e-10), p.shape
+
+
+# --- training behaviour ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["fused", "autograd"])
+def test_overfits_tiny_dataset(tmp_path, engine):
+    split = make_split(tmp_path, repeat=6)
+    cfg = Gru4RecConfig(
+        model=ModelConfig(layers=[32]),
+        train={
+            "progress": False,
+            "device": "cpu",
+            "epochs": 40,
+            "batch_size": 4,
+            "n_sample": 0,
+            "optimizer": "adam",
+            "lr": 0.02,
+            "seed": 1,
+        },
+    )
+    res = train(split, cfg, tmp_path / "run", engine=engine, resume=False)
+    assert res.history[-1]["loss"] < 0.1
+    from gru4rec.data.splits import session_arrays
+
+    m = stand_in_eval(res.model, session_arrays(split.train), ks=(1,))
+    assert m["recall@1"] == 1.0
+
+
+@pytest.mark.parametrize("engine", ["fused", "autograd"])
+def test_resume_after_kill_gives_identical_weights(tmp_path, engine):
+    split = make_split(tmp_path)
+    cfg = cfg_small()
+    straight = train(split, cfg, tmp_path / "a", engine=engine)
+
+    def kill(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(split, cfg, tmp_path / "b", engine=engine, callbacks=[kill])
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT)["epoch"] == 1
+    resumed = train(split, cfg, tmp_path / "b", engine=engine)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for (n, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(p, q), n
+    assert json.loads((tmp_path / "b" / "history.json").read_text())[-1]["epoch"] == 3
+
+
+def test_same_seed_same_weights_and_checkpoint_is_weights_only(tmp_path):
+    split = make_split(tmp_path)
+    cfg = cfg_small(epochs=2)
+    a = train(split, cfg, tmp_path / "a")
+    b = train(split, cfg, tmp_path / "b")
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)
+    c = train(split, cfg_small(epochs=2, seed=8), tmp_path / "c")
+    assert not torch.equal(a.model.item_out, c.model.item_out)
+    ck = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    assert Gru4RecConfig.model_validate_json(ck["config"]) == cfg
+
+
+def test_resume_refuses_changed_config(tmp_path):
+    split = make_split(tmp_path)
+    train(split, cfg_small(epochs=1), tmp_path / "a")
+    with pytest.raises(ConfigError, match="train.lr"):
+        train(split, cfg_small(epochs=2, lr=0.5), tmp_path / "a")
+
+
+def test_validation_and_early_stopping_keep_best(tmp_path):
+    split = make_split(tmp_path)
+    split.valid = split.train.head(7)
+    scores = iter([0.5, 0.9, 0.4, 0.3, 0.2])
+    seen = {}
+
+    def fake_eval(model, sessions, *, ks, ties, device, **_):
+        v = next(scores)
+        seen[v] = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        return {"mrr@20": v, "recall@20": v}
+
+    res = train(split, cfg_small(epochs=5, patience=2), tmp_path / "r", evaluate_fn=fake_eval)
+    assert res.best_epoch == 2 and res.stopped_early and len(res.history) == 4
+    assert res.history[1]["valid_mrr@20"] == 0.9
+    for k, t in res.model.state_dict().items():
+        assert torch.equal(t, seen[0.9][k])
+
+
+@pytest.mark.parametrize("engine", ["fused", "autograd"])
+def test_nan_guard(tmp_path, engine):
+    split = make_split(tmp_path)
+    with pytest.raises(TrainingError, match=r"epoch 1, step \d+.*learning rate"):
+        train(split, cfg_small(lr=1e30, optimizer="adam", n_sample=0), tmp_path / "r", engine=engine)
+
+
+@pytest.mark.parametrize("embedding", ["onehot", "separate"])
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "top1-max", "bpr"])
+def test_all_losses_and_inputs_train(tmp_path, embedding, loss):
+    split = make_split(tmp_path)
+    cfg = cfg_small(
+        epochs=1,
+        loss=loss,
+        logq=0.5 if loss == "cross-entropy" else 0.0,
+        n_sample="full" if embedding == "onehot" else 3,
+    )
+    cfg.model.embedding = embedding
+    res = train(split, cfg, tmp_path / "r")
+    assert np.isfinite(res.history[0]["loss"])
+
+
+def test_two_layers_use_autograd_and_full_flag(tmp_path):
+    split = make_split(tmp_path)
+    split.valid = split.train.filter(pl.col("session_id") < 2).with_columns(pl.col("session_id") + 100)
+    cfg = cfg_small(epochs=1)
+    cfg.model.layers = [8, 6]
+    res = train(split, cfg, tmp_path / "r", full=True)
+    assert res.history[0]["events"] == 44 + 5  # train pairs + the two valid sessions' pairs
+    assert "valid_mrr@20" not in res.history[0]
+
+
+# --- sampler ----------------------------------------------------------------------------------------
+
+
+def test_sampler_state_resumes_exactly():
+    counts = torch.tensor([0.0, 5, 1, 9, 2])
+    s = NegativeSampler(counts, 7, 0.5, seed=3, buffer_batches=3)
+    for _ in range(4):
+        s.draw()
+    state = s.state_dict()
+    a = [s.draw() for _ in range(6)]
+    s2 = NegativeSampler(counts, 7, 0.5, seed=99, buffer_batches=3)
+    s2.load_state_dict(state)
+    b = [s2.draw() for _ in range(6)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not any((x == 0).any() for x in a)  # zero-count items are never drawn
+
+
+# --- presets ----------------------------------------------------------------------------------------
+
+
+def test_presets_exact():
+    t = get_preset("tutorial")
+    assert (t.model.embedding, t.model.layers, t.model.dropout_hidden) == ("onehot", [50], 0.1)
+    assert (t.train.loss, t.train.n_sample, t.train.optimizer, t.train.lr, t.train.batch_size, t.train.epochs) == (
+        "cross-entropy",
+        "full",
+        "adam",
+        0.001,
+        64,
+        20,
+    )
+    x = get_preset("gru4rec-xe")
+    assert (x.model.embedding, x.model.layers, x.model.dropout_embedding, x.model.dropout_hidden) == (
+        "constrained",
+        [100],
+        0.0,
+        0.4,
+    )
+    assert (
+        x.train.batch_size,
+        x.train.optimizer,
+        x.train.lr,
+        x.train.momentum,
+        x.train.n_sample,
+        x.train.sample_alpha,
+        x.train.logq,
+        x.train.epochs,
+    ) == (32, "adagrad", 0.2, 0.2, 2048, 0.5, 1.0, 10)
+    b = get_preset("gru4rec-bprmax")
+    assert (b.model.layers, b.model.dropout_embedding, b.model.dropout_hidden) == ([224], 0.5, 0.05)
+    assert (
+        b.train.batch_size,
+        b.train.lr,
+        b.train.momentum,
+        b.train.n_sample,
+        b.train.sample_alpha,
+        b.train.loss,
+        b.train.elu,
+        b.train.bpreg,
+        b.train.epochs,
+    ) == (80, 0.05, 0.4, 2048, 0.4, "bpr-max", 0.5, 1.95, 10)
+    for name in PRESETS:
+        c = get_preset(name)
+        assert Gru4RecConfig.model_validate_json(c.model_dump_json()) == c
+
+
+def test_overrides_coerce_and_reject():
+    c = get_preset(
+        "gru4rec-xe",
+        {
+            "train.lr": "0.1",
+            "model.layers": "[200, 100]",
+            "train.n_sample": "0",
+            "train.bf16": "true",
+            "train.optimizer": "adam",
+        },
+    )
+    assert (c.train.lr, c.model.layers, c.train.n_sample, c.train.bf16, c.train.optimizer) == (
+        0.1,
+        [200, 100],
+        0,
+        True,
+        "adam",
+    )
+    assert get_preset("gru4rec-xe", {"train.n_sample": "full"}).train.n_sample == "full"
+    with pytest.raises(ConfigError, match=r"train\.lrr.*train\.lr"):
+        get_preset("tutorial", {"train.lrr": "1"})
+    with pytest.raises(ConfigError, match="train.lr"):
+        get_preset("tutorial", {"train.lr": "fast"})
+    with pytest.raises(ConfigError, match="n_sample"):
+        get_preset("tutorial", {"train.n_sample": "-3"})
+    with pytest.raises(ConfigError, match="logq"):
+        get_preset("gru4rec-bprmax", {"train.logq": "1"})
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("nope")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_trains(tmp_path):
+    split = make_split(tmp_path)
+    res = train(split, cfg_small(epochs=1, device="cuda", bf16=True), tmp_path / "r")
+    assert res.device.startswith("cuda") and np.isfinite(res.history[0]["loss"])
+
+
+def test_validation_with_the_real_evaluator(tmp_path):
+    pytest.importorskip("gru4rec.evaluate")
+    split = make_split(tmp_path)
+    split.valid = split.train.filter(pl.col("session_id") < 3)
+    res = train(split, cfg_small(epochs=2, patience=1), tmp_path / "r")
+    assert 0.0 <= res.history[-1]["valid_mrr@20"] <= 1.0
+    assert res.best_epoch in (1, 2)
