@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,6 +80,20 @@ def pyfunc_signature():
     )
 
 
+def _log_pyfunc(mlflow, model_dir, registry_name: str):
+    import gru4rec
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).with_name("_mlflow_model_code.py")),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(Path(gru4rec.__file__).parent)],
+        pip_requirements=_pip_requirements(),
+        signature=pyfunc_signature(),
+        registered_model_name=registry_name,
+    )
+
+
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -116,8 +131,6 @@ def log_and_register(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    import gru4rec
-
     if primary_metric not in metrics:
         raise KeyError(f"primary metric {primary_metric!r} not among the evaluated metrics {sorted(metrics)}")
     mlflow.set_tracking_uri(tracking_uri)
@@ -136,15 +149,12 @@ def log_and_register(
         mlflow.log_dict(config, "config.json")
         for path in extra_artifacts or []:
             mlflow.log_artifact(str(path))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(__file__).with_name("_mlflow_model_code.py")),
-            artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(Path(gru4rec.__file__).parent)],
-            pip_requirements=_pip_requirements(),
-            signature=pyfunc_signature(),
-            registered_model_name=registry_name,
-        )
+        with warnings.catch_warnings():
+            # Our predict takes a DataFrame of sessions; the signature is explicit, so MLflow's
+            # hints about type hints and input examples do not apply.
+            warnings.filterwarnings("ignore", message=".*type hints.*")
+            warnings.filterwarnings("ignore", message=".*input example.*")
+            info = _log_pyfunc(mlflow, model_dir, registry_name)
         version = str(info.registered_model_version)
 
     champion_version = champion_metric = None
