@@ -46,6 +46,7 @@ class FusedStep:
         elu: float = 0.0,
         log_q_batch: torch.Tensor | None = None,
         log_q_sample: torch.Tensor | None = None,
+        grad_buffers: dict[int, torch.Tensor] | None = None,
     ):
         if not supports(model):
             raise ValueError("the fused step handles one GRU layer only")
@@ -54,6 +55,15 @@ class FusedStep:
         self.loss, self.full = loss, full
         self.logq, self.bpreg, self.elu = logq, bpreg, elu
         self.log_q_batch, self.log_q_sample = log_q_batch, log_q_sample
+        # Candidate weights of the sampled cross-entropy, per item: exp(-logq·logQ) and its log.
+        self._w_batch = self._w_sample = self._lw_batch = None
+        if loss == "cross-entropy" and not full and logq and log_q_batch is not None:
+            self._lw_batch = log_q_batch * -logq
+            self._w_batch = torch.exp(self._lw_batch)
+            self._w_sample = torch.exp(log_q_sample * -logq)
+        # Dense gradients are written into these (param id → buffer, e.g. `AdagradM.pack`'s views).
+        self.gbuf = dict(grad_buffers or {})
+        self._mark = None
         self.H = model.cfg.layers[0]
         self.emb = model.cfg.embedding
         self.p_emb = model.cfg.dropout_embedding if self.emb != "onehot" else 0.0
@@ -87,6 +97,23 @@ class FusedStep:
             w, p = k.split("|")
             self._masks[(int(w), float(p))] = (buf.to(self.m.item_out.device), int(pos))
 
+    def _unique(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``torch.unique(items, sorted=True, return_inverse=True)``; for a catalogue not much larger
+        than ``items`` a mark-and-count over the catalogue (no sort)."""
+        n = self.m.n_items
+        if n > 4 * len(items):
+            return torch.unique(items, sorted=True, return_inverse=True)
+        if self._mark is None:
+            self._mark = torch.zeros(n, dtype=torch.int64, device=items.device)
+        mark = self._mark.zero_().index_fill_(0, items, 1)
+        uniq = mark.nonzero().view(-1)
+        inv = mark.cumsum_(0).index_select(0, items).sub_(1)
+        return uniq, inv
+
+    def _mm(self, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        out = self.gbuf.get(id(p))
+        return a @ b if out is None else torch.mm(a, b, out=out)
+
     def _scores_grad(self, s: torch.Tensor, pos, exclude, log_q):
         if self.loss == "cross-entropy":
             return cross_entropy_and_grad(
@@ -102,6 +129,7 @@ class FusedStep:
     def grads(self, inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor, negatives: torch.Tensor | None):
         m, L, H = self.m, self.layer, self.H
         h = hidden
+        B = len(targets)
         # ---- forward
         if self.emb == "onehot":
             x = None
@@ -111,18 +139,18 @@ class FusedStep:
             x = table.index_select(0, inputs)
             me = self._mask(x, self.p_emb)
             if me is not None:
-                x = x * me
+                x.mul_(me)
             vx = torch.addmm(L.b, x, L.w_x)
-        vh = h @ L.w_rz
-        rz = torch.sigmoid_(vh.add_(vx[:, H:]))
+        rz = torch.addmm(vx[:, H:], h, L.w_rz).sigmoid_()
         r, z = rz[:, :H], rz[:, H:]
         rh = r * h
-        c = torch.tanh_(torch.addmm(vx[:, :H], rh, L.w_h))
+        c = torch.addmm(vx[:, :H], rh, L.w_h).tanh_()
         c_minus_h = c - h
         hn = torch.addcmul(h, z, c_minus_h)
         mh = self._mask(hn, self.p_hid)
         o = hn if mh is None else hn * mh
         # ---- scores and their gradient
+        w_rows = b_rows = None
         if self.full:
             W, bias = m.item_out, m.item_bias
             s = o @ W.t() if bias is None else torch.addmm(bias.t(), o, W.t())
@@ -132,30 +160,31 @@ class FusedStep:
             # A candidate item occurring k times contributes k·exp(z) to the softmax (log-weight
             # offset); for row i its own target column counts once (its duplicates are excluded,
             # see gru4rec.losses); items present only as inputs get weight 0 (offset -inf).
-            n_cand = len(targets) + (0 if negatives is None else len(negatives))
-            cand = targets if negatives is None else torch.cat([targets, negatives])
-            uniq, inv = torch.unique(torch.cat([cand, inputs]), sorted=True, return_inverse=True)
+            parts = [targets, inputs] if negatives is None else [targets, negatives, inputs]
+            uniq, inv = self._unique(torch.cat(parts))
+            n_cand = len(inv) - len(inputs)
             inv_c, inv_in = inv[:n_cand], inv[n_cand:]
-            W = m.item_out.index_select(0, uniq)
+            W = w_rows = m.item_out.index_select(0, uniq)
             if m.item_bias is None:
                 s = o @ W.t()
             else:
-                s = torch.addmm(m.item_bias.index_select(0, uniq).t(), o, W.t())
-            pos = inv_c[: len(targets)]
+                b_rows = m.item_bias.index_select(0, uniq)
+                s = torch.addmm(b_rows.t(), o, W.t())
+            pos = inv[:B]
             if self.loss == "cross-entropy":
-                if self.logq and self.log_q_batch is not None:
-                    lw = self.log_q_batch.index_select(0, targets).mul_(-self.logq)
+                own = None
+                if self._w_batch is not None:
+                    w = self._w_batch.index_select(0, targets)
                     if negatives is not None:
-                        lw = torch.cat([lw, self.log_q_sample.index_select(0, negatives).mul_(-self.logq)])
-                    w = torch.exp(lw)
-                    own = lw[: len(targets)]
+                        w = torch.cat([w, self._w_sample.index_select(0, negatives)])
+                    own = self._lw_batch.index_select(0, targets).view(-1, 1)
                 else:
                     w = torch.ones(n_cand, dtype=s.dtype, device=s.device)
-                    own = torch.zeros(len(targets), dtype=s.dtype, device=s.device)
                 colw = torch.zeros(len(uniq), dtype=s.dtype, device=s.device).index_add_(0, inv_c, w)
-                logits = s + torch.log(colw)
                 pcol = pos.view(-1, 1)
-                logits.scatter_(1, pcol, s.gather(1, pcol) + own.view(-1, 1))
+                s_pos = s.gather(1, pcol)
+                logits = s.add_(colw.log_())
+                logits.scatter_(1, pcol, s_pos if own is None else s_pos.add_(own))
                 loss, ds = cross_entropy_and_grad(logits, pos=pos)
             else:
                 # Ranking losses: expand to the B × M candidate layout, autograd on the scores only,
@@ -166,29 +195,27 @@ class FusedStep:
                 ds = torch.zeros_like(s).index_add_(1, inv_c, ds_m)
         # ---- backward
         dW = ds.t() @ o
-        db_out = ds.sum(0, keepdim=True).t()
+        db_out = ds.sum(0).unsqueeze(1)
         dh = ds @ W
         if mh is not None:
             dh.mul_(mh)
-        dc = torch.ops.aten.tanh_backward(dh * z, c)
-        dz = torch.ops.aten.sigmoid_backward(dh.mul_(c_minus_h), z)
+        dvx = torch.empty(len(h), 3 * H, dtype=h.dtype, device=h.device)
+        dc, dr, dz = dvx[:, :H], dvx[:, H : 2 * H], dvx[:, 2 * H :]
+        torch.ops.aten.tanh_backward.grad_input(dh * z, c, grad_input=dc)
+        torch.ops.aten.sigmoid_backward.grad_input(dh.mul_(c_minus_h), z, grad_input=dz)
         drh = dc @ L.w_h.t()
-        dw_h = rh.t() @ dc
-        dr = torch.ops.aten.sigmoid_backward(drh.mul_(h), r)
-        drz = torch.cat([dr, dz], 1)
-        dvx = torch.cat([dc, drz], 1)
-        dw_rz = h.t() @ drz
-        db = dvx.sum(0)
+        torch.ops.aten.sigmoid_backward.grad_input(drh.mul_(h), r, grad_input=dr)
         grads: list = [None] * self.n_params
         P = self.pos
-        grads[P[id(L.w_rz)]] = dw_rz
-        grads[P[id(L.w_h)]] = dw_h
-        grads[P[id(L.b)]] = db
+        grads[P[id(L.w_h)]] = self._mm(rh.t(), dc, L.w_h)
+        grads[P[id(L.w_rz)]] = self._mm(h.t(), dvx[:, H:], L.w_rz)
+        gb = self.gbuf.get(id(L.b))
+        grads[P[id(L.b)]] = dvx.sum(0) if gb is None else torch.sum(dvx, 0, out=gb)
         in_rows = in_vals = None
         if self.emb == "onehot":
             grads[P[id(L.w_x)]] = coalesce_rows(inputs, dvx)
         else:
-            grads[P[id(L.w_x)]] = x.t() @ dvx
+            grads[P[id(L.w_x)]] = self._mm(x.t(), dvx, L.w_x)
             dx = dvx @ L.w_x.t()
             if me is not None:
                 dx.mul_(me)
@@ -205,7 +232,8 @@ class FusedStep:
         else:
             if in_rows is not None:
                 dW.index_add_(0, inv_in, in_vals)
-            grads[P[id(m.item_out)]] = (uniq, dW)
+            # The gathered rows go along: the optimiser updates them and writes them back.
+            grads[P[id(m.item_out)]] = (uniq, dW, w_rows)
             if m.item_bias is not None:
-                grads[P[id(m.item_bias)]] = (uniq, db_out)
+                grads[P[id(m.item_bias)]] = (uniq, db_out, b_rows)
         return loss, grads, hn

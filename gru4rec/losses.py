@@ -126,14 +126,11 @@ def cross_entropy_and_grad(
         z = z - logq * log_q
     if exclude is not None:
         z = z.masked_fill(exclude, float("-inf"))
-    lse = torch.logsumexp(z, 1, keepdim=True)
     b = scores.shape[0]
-    if pos is None:
-        zp = torch.diagonal(z)
-    else:
-        zp = z.gather(1, pos.view(-1, 1)).squeeze(1)
-    loss = (lse.squeeze(1) - zp).mean()
-    grad = torch.exp(z - lse)
+    grad = torch.log_softmax(z, 1)
+    lp = torch.diagonal(grad) if pos is None else grad.gather(1, pos.view(-1, 1))
+    loss = lp.mean().neg_()
+    grad.exp_()  # softmax(z)
     if pos is None:
         torch.diagonal(grad).sub_(1.0)
     else:

@@ -23,6 +23,14 @@ Adam (Kingma & Ba), t counted per parameter (every step that has a gradient for 
 
 `step()` reads ``p.grad`` (dense or sparse); `step_grads(grads)` takes the gradients directly, each
 either a dense tensor or a ``(rows, values)`` pair with unique rows — used by the fused training step.
+A ``(rows, values, param_rows)`` triple also passes the parameter's rows as gathered for the forward
+pass (a scratch copy the optimiser may overwrite); they are updated and written back with one
+``index_copy_`` instead of an ``index_add_``.
+
+`pack(params)` stores a group of dense parameters (and their optimiser state) as views of one flat
+buffer each and returns gradient buffers (views of one flat gradient buffer) to fill: when
+`step_grads` receives exactly those buffers, the group is updated with a handful of ops on the
+flat tensors instead of per-tensor ops. Parameter names, shapes and the state dict are unchanged.
 """
 
 from __future__ import annotations
@@ -45,9 +53,47 @@ class _RowOptimizer:
         self.params = list(params)
         self.lr = float(lr)
         self.state: list[dict[str, torch.Tensor]] = [self._init_state(p) for p in self.params]
+        self._pack: tuple[list[int], dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor]] | None = None
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    @torch.no_grad()
+    def pack(self, params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
+        """Make ``params`` (dense, same dtype/device) and their state views of flat buffers; return
+        one gradient buffer per parameter (views of a flat buffer) for `step_grads`."""
+        pos = {id(p): i for i, p in enumerate(self.params)}
+        idx = [pos[id(p)] for p in params]
+        if not idx:
+            return []
+        ref = self.params[idx[0]]
+        sizes = [self.params[i].numel() for i in idx]
+        total = sum(sizes)
+
+        def flat_of(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            flat = torch.empty(total, dtype=ref.dtype, device=ref.device)
+            views = []
+            for t, chunk in zip(tensors, flat.split(sizes)):
+                v = chunk.view(t.shape)
+                v.copy_(t)
+                views.append(v)
+            return flat, views
+
+        flat_p, views = flat_of([self.params[i].data for i in idx])
+        for i, v in zip(idx, views):
+            self.params[i].data = v
+        flat_state = {}
+        for key, t0 in self.state[idx[0]].items():
+            if t0.shape != self.params[idx[0]].shape:  # scalars (Adam's step count) stay per tensor
+                continue
+            flat_state[key], views = flat_of([self.state[i][key] for i in idx])
+            for i, v in zip(idx, views):
+                self.state[i][key] = v
+        flat_state["param"] = flat_p
+        flat_g = torch.zeros(total, dtype=ref.dtype, device=ref.device)
+        gviews = [c.view(self.params[i].shape) for i, c in zip(idx, flat_g.split(sizes))]
+        self._pack = (idx, flat_state, flat_g, gviews)
+        return gviews
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -71,13 +117,22 @@ class _RowOptimizer:
             if g is None:
                 continue
             if isinstance(g, tuple):
-                self._rows(i, g[0], g[1])
+                self._rows(i, *g)
             else:
                 dense_i.append(i)
+        if self._pack is not None and dense_i:
+            idx, flat, flat_g, gviews = self._pack
+            if all(grads[i] is gv for i, gv in zip(idx, gviews)):
+                self._flat(idx, flat, flat_g)
+                packed = set(idx)
+                dense_i = [i for i in dense_i if i not in packed]
         if dense_i:
             self._dense(dense_i, [grads[i] for i in dense_i])
 
-    def _rows(self, i: int, rows: torch.Tensor, g: torch.Tensor) -> None:
+    def _rows(self, i: int, rows: torch.Tensor, g: torch.Tensor, p_rows: torch.Tensor | None = None) -> None:
+        raise NotImplementedError
+
+    def _flat(self, idx: list[int], flat: dict[str, torch.Tensor], g: torch.Tensor) -> None:
         raise NotImplementedError
 
     def _dense(self, idx: list[int], grads: list[torch.Tensor]) -> None:
@@ -106,17 +161,30 @@ class AdagradM(_RowOptimizer):
             s["v"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         return s
 
-    def _rows(self, i, rows, g):
+    def _rows(self, i, rows, g, p_rows=None):
         p, s = self.params[i], self.state[i]
         acc = s["acc"].index_select(0, rows).addcmul_(g, g)
         s["acc"].index_copy_(0, rows, acc)
-        upd = g / acc.add_(self.eps).sqrt_()
+        std = acc.add_(self.eps).sqrt_()
         if self.momentum > 0:
-            v = s["v"].index_select(0, rows).mul_(self.momentum).add_(upd, alpha=self.lr)
-            s["v"].index_copy_(0, rows, v)
-            p.index_add_(0, rows, v, alpha=-1.0)
+            upd = s["v"].index_select(0, rows).mul_(self.momentum).addcdiv_(g, std, value=self.lr)
+            s["v"].index_copy_(0, rows, upd)
+            alpha = -1.0
         else:
-            p.index_add_(0, rows, upd, alpha=-self.lr)
+            upd = g / std
+            alpha = -self.lr
+        if p_rows is None:
+            p.index_add_(0, rows, upd, alpha=alpha)
+        else:
+            p.index_copy_(0, rows, p_rows.add_(upd, alpha=alpha))
+
+    def _flat(self, idx, flat, g):
+        acc = flat["acc"].addcmul_(g, g)
+        std = torch.add(acc, self.eps, out=flat.setdefault("_std", torch.empty_like(acc))).sqrt_()
+        if self.momentum > 0:
+            flat["param"].sub_(flat["v"].mul_(self.momentum).addcdiv_(g, std, value=self.lr))
+        else:
+            flat["param"].addcdiv_(g, std, value=-self.lr)
 
     def _dense(self, idx, grads):
         ps = [self.params[i] for i in idx]
@@ -151,7 +219,7 @@ class Adam(_RowOptimizer):
         t = float(s["t"])
         return self.lr / (1 - self.b1**t), 1.0 / (1 - self.b2**t) ** 0.5
 
-    def _rows(self, i, rows, g):
+    def _rows(self, i, rows, g, p_rows=None):
         p, s = self.params[i], self.state[i]
         step, bc2 = self._coef(s)
         m = s["m"].index_select(0, rows).mul_(self.b1).add_(g, alpha=1 - self.b1)
@@ -159,7 +227,18 @@ class Adam(_RowOptimizer):
         s["m"].index_copy_(0, rows, m)
         s["u"].index_copy_(0, rows, u)
         denom = u.sqrt_().mul_(bc2).add_(self.eps)
-        p.index_add_(0, rows, m.div_(denom), alpha=-step)
+        if p_rows is None:
+            p.index_add_(0, rows, m.div_(denom), alpha=-step)
+        else:
+            p.index_copy_(0, rows, p_rows.addcdiv_(m, denom, value=-step))
+
+    def _flat(self, idx, flat, g):
+        coefs = [self._coef(self.state[i]) for i in idx]  # every packed tensor has the same step count
+        step, bc2 = coefs[0]
+        flat["m"].mul_(self.b1).add_(g, alpha=1 - self.b1)
+        flat["u"].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        denom = torch.sqrt(flat["u"], out=flat.setdefault("_denom", torch.empty_like(g))).mul_(bc2).add_(self.eps)
+        flat["param"].addcdiv_(flat["m"], denom, value=-step)
 
     def _dense(self, idx, grads):
         for i, g in zip(idx, grads):

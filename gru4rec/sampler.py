@@ -5,9 +5,16 @@ Items are drawn with replacement with probability ∝ count^alpha over the items
 refilled with one ``searchsorted`` over the cumulative distribution, so sampling costs a slice per
 step. The state is (generator state at the last refill, position in the buffer): restoring it
 regenerates the same buffer and continues exactly where a checkpoint left off.
+
+The inverse-CDF lookup uses a guide table (Chen & Asau): for u in bucket k = floor(u·K) of K
+equal buckets, the answer ``#{cdf <= u}`` lies in ``[lo_k, lo_k + W]`` with ``lo_k = #{cdf <= k/K}``
+and W the widest bucket, so W vectorised compares replace the branchy binary search. It returns
+exactly what ``searchsorted(cdf, u, right=True)`` returns (used instead when W would be large).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -36,6 +43,7 @@ class NegativeSampler:
         cdf = cdf / cdf[-1]
         self._cdf = cdf.to(self.device, torch.float64)
         self._last = int(torch.nonzero(self.prob > 0).max())  # guard against u rounding up to 1.0
+        self._guide = self._guide_table(cdf)
         if buffer_batches is None:  # about 10M draws per refill at most, at least one batch
             buffer_batches = max(1, min(1000, 10_000_000 // self.n_sample))
         self.buffer_batches = int(buffer_batches)
@@ -45,12 +53,36 @@ class NegativeSampler:
         self._buffer = None
         self._pos = 0
 
+    def _guide_table(self, cdf: torch.Tensor):
+        """(K, lo table, cdf padded with +inf, W) or None when the table would be too big or too wide."""
+        n = len(cdf)
+        k = 1 << max(6, int(math.ceil(math.log2(64 * n))))
+        if k > 1 << 20:
+            return None
+        edges = torch.arange(k + 1, dtype=torch.float64) / k  # exact: k is a power of two
+        lo = torch.searchsorted(cdf, edges[:-1], right=True)
+        width = int((torch.searchsorted(cdf, edges[1:], right=False) - lo).max())
+        if width > 4:
+            return None
+        pad = torch.cat([cdf, torch.full((max(width, 1),), math.inf, dtype=torch.float64)])
+        return k, lo.to(self.device, torch.int32), pad.to(self.device), width
+
+    def _lookup(self, u: torch.Tensor) -> torch.Tensor:
+        if self._guide is None:
+            return torch.searchsorted(self._cdf, u, right=True)
+        k, lo_tab, pad, width = self._guide
+        lo = lo_tab.index_select(0, u.mul(k).to(torch.int32))  # u·k is exact, the cast floors
+        out = lo.to(torch.int64)
+        for j in range(width):
+            out += pad.index_select(0, lo + j if j else lo) <= u
+        return out
+
     def _refill(self) -> None:
         self._fill_state = self.generator.get_state()
         u = torch.rand(
             self.buffer_batches * self.n_sample, generator=self.generator, device=self.device, dtype=torch.float64
         )
-        idx = torch.searchsorted(self._cdf, u, right=True).clamp_(max=self._last)
+        idx = self._lookup(u).clamp_(max=self._last)
         self._buffer = idx.view(self.buffer_batches, self.n_sample)
         self._pos = 0
 

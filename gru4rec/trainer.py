@@ -127,6 +127,10 @@ class _AutogradEngine:
 class _FusedEngine:
     def __init__(self, model, opt, params, tcfg, full, log_q_batch, log_q_sample):
         self.opt = opt
+        # The dense GRU weights become views of one flat buffer (so do their optimiser state and the
+        # gradient buffers the fused step writes into): the dense update is a few ops on one tensor.
+        dense = model.dense_parameters()
+        gbufs = opt.pack(dense)
         self.step = fused.FusedStep(
             model,
             params,
@@ -137,6 +141,7 @@ class _FusedEngine:
             elu=tcfg.elu,
             log_q_batch=log_q_batch,
             log_q_sample=log_q_sample,
+            grad_buffers={id(p): g for p, g in zip(dense, gbufs)},
         )
 
     def __call__(self, inputs, targets, hidden, negatives):
@@ -304,6 +309,8 @@ def train(
     so = sched.step_offsets
     has_reset = np.add.reduceat(sched.positions == 0, so[:-1]) > 0 if sched.n_steps else np.zeros(0, bool)
     sizes = np.diff(so)
+    # Plain Python values for the per-step bookkeeping (numpy scalars cost more per use).
+    so_l, sizes_l, reset_l = so.tolist(), sizes.tolist(), has_reset.tolist()
 
     # ---- state, possibly resumed
     history: list[dict] = []
@@ -355,12 +362,12 @@ def train(
         t0 = time.perf_counter()
         last_bar, last_events = 0, 0
         for step in range(sched.n_steps):
-            a, b = int(so[step]), int(so[step + 1])
-            if step and sizes[step] != sizes[step - 1]:
-                prev = sched.slots[so[step - 1] : so[step]]
+            a, b = so_l[step], so_l[step + 1]
+            if step and sizes_l[step] != sizes_l[step - 1]:
+                prev = sched.slots[so_l[step - 1] : a]
                 keep = torch.from_numpy(np.searchsorted(prev, sched.slots[a:b])).to(device)
                 hidden = [h.index_select(0, keep) for h in hidden]
-            if has_reset[step]:
+            if reset_l[step]:
                 km = keep_row[a:b]
                 hidden = [h * km for h in hidden]
             negatives = sampler.draw() if sampler is not None else None
