@@ -13,20 +13,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gru4rec.data.splits import Split, load_split, session_arrays
+from gru4rec.data.splits import Split, load_split, session_arrays, training_sessions
 from gru4rec.errors import ModelFileError
 from gru4rec.io import write_json_atomic
 
 DEFAULT_KS = (1, 5, 10, 20)
-
-
-def training_sessions(split: Split, full: bool):
-    """Train (or train+valid) events as session arrays, sessions ordered by start time."""
-    frame = split.train
-    if full and split.valid.height:
-        cols = ["session_id", "item_idx", "timestamp"]
-        frame = pl.concat([split.train.select(cols), split.valid.select(cols)]).sort("session_id", maintain_order=True)
-    return session_arrays(frame)
 
 
 def items_for_model(split: Split, full: bool) -> pl.DataFrame:

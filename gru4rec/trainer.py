@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 
 from gru4rec import fused
 from gru4rec.batching import build_schedule
 from gru4rec.config import Gru4RecConfig
-from gru4rec.data.splits import SessionArrays, Split, load_split, session_arrays
+from gru4rec.data.splits import SessionArrays, Split, load_split, session_arrays, training_sessions
 from gru4rec.device import select_device
 from gru4rec.errors import ConfigError, ModelFileError, TrainingError
 from gru4rec.io import atomic_path, write_json_atomic
@@ -72,11 +71,7 @@ class TrainResult:
 
 
 def _sessions(split: Split, full: bool) -> tuple[SessionArrays, SessionArrays | None]:
-    train = split.train
-    if full and split.valid.height:
-        cols = ["session_id", "item_idx", "timestamp"]
-        train = pl.concat([split.train.select(cols), split.valid.select(cols)]).sort("session_id", maintain_order=True)
-    train_s = session_arrays(train)
+    train_s = training_sessions(split, full)
     valid_s = None if full or split.valid.height == 0 else session_arrays(split.valid)
     return train_s, valid_s
 

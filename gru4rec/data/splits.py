@@ -68,6 +68,15 @@ def session_arrays(events: pl.DataFrame) -> SessionArrays:
     )
 
 
+def training_sessions(split: Split, full: bool) -> SessionArrays:
+    """Train (or, with ``full``, train + valid) events as session arrays ordered by start time."""
+    frame = split.train
+    if full and split.valid.height:
+        cols = ["session_id", "item_idx", "timestamp"]
+        frame = pl.concat([split.train.select(cols), split.valid.select(cols)]).sort("session_id", maintain_order=True)
+    return session_arrays(frame)
+
+
 @dataclass
 class Split:
     directory: Path
