@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from gru4rec.errors import SourceUnavailableError
-from gru4rec.io import atomic_path
+from gru4rec.io import atomic_path, file_digest
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
 ML1M_MD5_URL = ML1M_URL + ".md5"
@@ -35,11 +35,7 @@ LOCAL_COPY_HINT = (
 
 
 def md5_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, "md5", chunk)
 
 
 def parse_md5(text: str) -> str:
