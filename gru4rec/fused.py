@@ -5,6 +5,11 @@ bookkeeping costs more than the arithmetic. This computes the same gradients as 
 `GRU4Rec.step` + `GRU4Rec.score` + `gru4rec.losses` (checked in tests/test_trainer.py) with a few
 dozen tensor ops, and hands them to the optimiser as dense tensors or (unique rows, values) pairs.
 
+With a sampled output the output item matrix and bias live in the optimiser's `RowTable` (per row:
+``[item vector | bias | optimiser state]``): one gather brings a batch's candidate rows, the scores
+are ``[o | 1] · [W | b]ᵀ`` (one matmul, bias included), their gradient ``dSᵀ [o | 1]`` gives
+``[dW | db]`` in one matmul too, and the optimiser updates the gathered rows and writes them back.
+
 GRU (gates [candidate | reset | update], h = previous hidden, constant)::
 
     vx = x W_x + b;  r = σ(vx_r + h W_r);  z = σ(vx_z + h W_z)
@@ -24,7 +29,7 @@ import torch
 
 from gru4rec.losses import compute_loss, cross_entropy_and_grad, sampled_columns
 from gru4rec.model import GRU4Rec
-from gru4rec.optim import coalesce_rows
+from gru4rec.optim import RowTable, TableRows, coalesce_rows
 
 
 def supports(model: GRU4Rec) -> bool:
@@ -47,9 +52,13 @@ class FusedStep:
         log_q_batch: torch.Tensor | None = None,
         log_q_sample: torch.Tensor | None = None,
         grad_buffers: dict[int, torch.Tensor] | None = None,
+        row_table: RowTable | None = None,
     ):
         if not supports(model):
             raise ValueError("the fused step handles one GRU layer only")
+        if not full and row_table is None:
+            raise ValueError("a sampled output needs the optimiser's row table of item_out (+ item_bias)")
+        self.table = row_table
         self.m = model
         self.layer = model.layers[0]
         self.loss, self.full = loss, full
@@ -70,7 +79,19 @@ class FusedStep:
         self.p_hid = model.cfg.dropout_hidden
         self.pos = {id(p): i for i, p in enumerate(param_order)}
         self.n_params = len(param_order)
+        # Parameters, their slots in `param_order` and gradient buffers, looked up once (per-step
+        # nn.Module attribute access and dict lookups are measurable at this step size).
+        L = self.layer
+        self.w_x, self.w_rz, self.w_h, self.b = L.w_x, L.w_rz, L.w_h, L.b
+        self.item_out, self.item_bias, self.item_in = model.item_out, model.item_bias, model.item_in
+        self.has_bias = model.item_bias is not None
+        slot = self.pos.get
+        self.i_w_x, self.i_w_rz, self.i_w_h, self.i_b = slot(id(L.w_x)), slot(id(L.w_rz)), slot(id(L.w_h)), slot(id(L.b))
+        self.i_out, self.i_bias, self.i_in = slot(id(model.item_out)), slot(id(model.item_bias)), slot(id(model.item_in))
+        self.g_w_x, self.g_w_rz, self.g_w_h, self.g_b = (self.gbuf.get(id(p)) for p in (L.w_x, L.w_rz, L.w_h, L.b))
+        self._minus_one: dict[int, torch.Tensor] = {}  # batch size → (B, 1) column of -1
         self._masks: dict = {}
+        self._ones_col: dict[int, torch.Tensor] = {}  # batch size → [o | 1] buffer
 
     def _mask(self, like: torch.Tensor, p: float) -> torch.Tensor | None:
         """Inverted-dropout mask (0 or 1/(1-p)) for ``like``, sliced from a buffer refilled every
@@ -110,9 +131,22 @@ class FusedStep:
         inv = mark.cumsum_(0).index_select(0, items).sub_(1)
         return uniq, inv
 
-    def _mm(self, a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        out = self.gbuf.get(id(p))
-        return a @ b if out is None else torch.mm(a, b, out=out)
+    def _with_ones(self, hn: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(o, [o | 1]) with o = hn (· dropout mask), written into a reused buffer whose last column
+        is 1 (the bias input); without an output bias just (o, o)."""
+        if not self.has_bias:
+            o = hn if mask is None else hn * mask
+            return o, o
+        n = hn.shape[0]
+        buf = self._ones_col.get(n)
+        if buf is None:
+            buf = self._ones_col[n] = torch.ones(n, self.H + 1, dtype=hn.dtype, device=hn.device)
+        o = buf[:, : self.H]
+        if mask is None:
+            o.copy_(hn)
+        else:
+            torch.mul(hn, mask, out=o)
+        return o, buf
 
     def _scores_grad(self, s: torch.Tensor, pos, exclude, log_q):
         if self.loss == "cross-entropy":
@@ -125,67 +159,79 @@ class FusedStep:
             (ds,) = torch.autograd.grad(loss, s)
         return loss.detach(), ds
 
+    def _sampled_cross_entropy(self, s, pos, targets, negatives, inv_c, n_uniq):
+        """Loss and score gradient of the sampled cross-entropy over deduplicated columns.
+
+        A candidate item occurring k times contributes k·exp(z) to the softmax (a log-weight offset
+        per column, with the logQ correction folded into the weights); for row i its own target
+        column counts once with its own weight (its duplicates are excluded, see gru4rec.losses);
+        items present only as inputs get weight 0 (offset -inf)."""
+        own = None
+        if self._w_batch is not None:
+            w = self._w_batch.index_select(0, targets)
+            if negatives is not None:
+                w = torch.cat([w, self._w_sample.index_select(0, negatives)])
+            own = self._lw_batch.index_select(0, targets).view(-1, 1)
+        else:
+            w = torch.ones(inv_c.shape[0], dtype=s.dtype, device=s.device)
+        colw = torch.zeros(n_uniq, dtype=s.dtype, device=s.device).index_add_(0, inv_c, w)
+        pcol = pos.view(-1, 1)
+        s_pos = s.gather(1, pcol)
+        logits = s.add_(colw.log_())
+        logits.scatter_(1, pcol, s_pos if own is None else s_pos.add_(own))
+        # Closed form, as gru4rec.losses.cross_entropy_and_grad: d loss / d logits = (softmax - onehot) / B.
+        b = pos.shape[0]
+        ds = torch.log_softmax(logits, 1)
+        loss = ds.gather(1, pcol).mean().neg_()
+        minus_one = self._minus_one.get(b)
+        if minus_one is None:
+            minus_one = self._minus_one[b] = torch.full((b, 1), -1.0, dtype=s.dtype, device=s.device)
+        ds.exp_().scatter_add_(1, pcol, minus_one).div_(b)
+        return loss, ds
+
     @torch.no_grad()
     def grads(self, inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor, negatives: torch.Tensor | None):
-        m, L, H = self.m, self.layer, self.H
+        H = self.H
         h = hidden
-        B = len(targets)
+        B = targets.shape[0]
+        w_x, w_h = self.w_x, self.w_h
         # ---- forward
         if self.emb == "onehot":
             x = None
-            vx = L.w_x.index_select(0, inputs).add_(L.b)
+            vx = w_x.index_select(0, inputs).add_(self.b)
         else:
-            table = m.item_in if self.emb == "separate" else m.item_out
-            x = table.index_select(0, inputs)
+            x = (self.item_in if self.emb == "separate" else self.item_out).index_select(0, inputs)
             me = self._mask(x, self.p_emb)
             if me is not None:
                 x.mul_(me)
-            vx = torch.addmm(L.b, x, L.w_x)
-        rz = torch.addmm(vx[:, H:], h, L.w_rz).sigmoid_()
+            vx = torch.addmm(self.b, x, w_x)
+        rz = torch.addmm(vx[:, H:], h, self.w_rz).sigmoid_()
         r, z = rz[:, :H], rz[:, H:]
         rh = r * h
-        c = torch.addmm(vx[:, :H], rh, L.w_h).tanh_()
+        c = torch.addmm(vx[:, :H], rh, w_h).tanh_()
         c_minus_h = c - h
         hn = torch.addcmul(h, z, c_minus_h)
         mh = self._mask(hn, self.p_hid)
-        o = hn if mh is None else hn * mh
         # ---- scores and their gradient
-        w_rows = b_rows = None
         if self.full:
-            W, bias = m.item_out, m.item_bias
+            o = hn if mh is None else hn * mh
+            W, bias = self.item_out, self.item_bias
             s = o @ W.t() if bias is None else torch.addmm(bias.t(), o, W.t())
             loss, ds = self._scores_grad(s, targets, None, None)
         else:
-            # Deduplicated columns: one column per distinct item among [targets | negatives | inputs].
-            # A candidate item occurring k times contributes k·exp(z) to the softmax (log-weight
-            # offset); for row i its own target column counts once (its duplicates are excluded,
-            # see gru4rec.losses); items present only as inputs get weight 0 (offset -inf).
+            # Deduplicated columns: one per distinct item among [targets | negatives | inputs].
             parts = [targets, inputs] if negatives is None else [targets, negatives, inputs]
             uniq, inv = self._unique(torch.cat(parts))
-            n_cand = len(inv) - len(inputs)
+            n_cand = inv.shape[0] - inputs.shape[0]
             inv_c, inv_in = inv[:n_cand], inv[n_cand:]
-            W = w_rows = m.item_out.index_select(0, uniq)
-            if m.item_bias is None:
-                s = o @ W.t()
-            else:
-                b_rows = m.item_bias.index_select(0, uniq)
-                s = torch.addmm(b_rows.t(), o, W.t())
+            rows = self.table.gather(uniq)  # [item vector | bias | optimiser state] per candidate
+            wb = rows[:, : self.table.width]
+            W = wb[:, :H]
+            o, o1 = self._with_ones(hn, mh)
+            s = o1 @ wb.t()
             pos = inv[:B]
             if self.loss == "cross-entropy":
-                own = None
-                if self._w_batch is not None:
-                    w = self._w_batch.index_select(0, targets)
-                    if negatives is not None:
-                        w = torch.cat([w, self._w_sample.index_select(0, negatives)])
-                    own = self._lw_batch.index_select(0, targets).view(-1, 1)
-                else:
-                    w = torch.ones(n_cand, dtype=s.dtype, device=s.device)
-                colw = torch.zeros(len(uniq), dtype=s.dtype, device=s.device).index_add_(0, inv_c, w)
-                pcol = pos.view(-1, 1)
-                s_pos = s.gather(1, pcol)
-                logits = s.add_(colw.log_())
-                logits.scatter_(1, pcol, s_pos if own is None else s_pos.add_(own))
-                loss, ds = cross_entropy_and_grad(logits, pos=pos)
+                loss, ds = self._sampled_cross_entropy(s, pos, targets, negatives, inv_c, uniq.shape[0])
             else:
                 # Ranking losses: expand to the B × M candidate layout, autograd on the scores only,
                 # fold the gradient back onto the distinct columns.
@@ -194,46 +240,50 @@ class FusedStep:
                 loss, ds_m = self._scores_grad(s_m, None, exclude, None)
                 ds = torch.zeros_like(s).index_add_(1, inv_c, ds_m)
         # ---- backward
-        dW = ds.t() @ o
-        db_out = ds.sum(0).unsqueeze(1)
+        if self.full:
+            dW = ds.t() @ o
+            db_out = ds.sum(0).unsqueeze(1)
+        else:
+            dwb = ds.t() @ o1  # [dW | db] of the candidate rows
+            dW = dwb[:, :H]
         dh = ds @ W
         if mh is not None:
             dh.mul_(mh)
-        dvx = torch.empty(len(h), 3 * H, dtype=h.dtype, device=h.device)
+        dvx = torch.empty(h.shape[0], 3 * H, dtype=h.dtype, device=h.device)
         dc, dr, dz = dvx[:, :H], dvx[:, H : 2 * H], dvx[:, 2 * H :]
         torch.ops.aten.tanh_backward.grad_input(dh * z, c, grad_input=dc)
         torch.ops.aten.sigmoid_backward.grad_input(dh.mul_(c_minus_h), z, grad_input=dz)
-        drh = dc @ L.w_h.t()
+        drh = dc @ w_h.t()
         torch.ops.aten.sigmoid_backward.grad_input(drh.mul_(h), r, grad_input=dr)
         grads: list = [None] * self.n_params
-        P = self.pos
-        grads[P[id(L.w_h)]] = self._mm(rh.t(), dc, L.w_h)
-        grads[P[id(L.w_rz)]] = self._mm(h.t(), dvx[:, H:], L.w_rz)
-        gb = self.gbuf.get(id(L.b))
-        grads[P[id(L.b)]] = dvx.sum(0) if gb is None else torch.sum(dvx, 0, out=gb)
+        grads[self.i_w_h] = _mm(rh.t(), dc, self.g_w_h)
+        grads[self.i_w_rz] = _mm(h.t(), dvx[:, H:], self.g_w_rz)
+        grads[self.i_b] = dvx.sum(0) if self.g_b is None else torch.sum(dvx, 0, out=self.g_b)
         in_rows = in_vals = None
         if self.emb == "onehot":
-            grads[P[id(L.w_x)]] = coalesce_rows(inputs, dvx)
+            grads[self.i_w_x] = coalesce_rows(inputs, dvx)
         else:
-            grads[P[id(L.w_x)]] = self._mm(x.t(), dvx, L.w_x)
-            dx = dvx @ L.w_x.t()
+            grads[self.i_w_x] = _mm(x.t(), dvx, self.g_w_x)
+            dx = dvx @ w_x.t()
             if me is not None:
                 dx.mul_(me)
             in_rows, in_vals = inputs, dx
             if self.emb == "separate":
-                grads[P[id(m.item_in)]] = coalesce_rows(in_rows, in_vals)
+                grads[self.i_in] = coalesce_rows(in_rows, in_vals)
                 in_rows = None
         if self.full:
             if in_rows is not None:
                 dW.index_add_(0, in_rows, in_vals)
-            grads[P[id(m.item_out)]] = dW
-            if m.item_bias is not None:
-                grads[P[id(m.item_bias)]] = db_out
+            grads[self.i_out] = dW
+            if self.has_bias:
+                grads[self.i_bias] = db_out
         else:
             if in_rows is not None:
                 dW.index_add_(0, inv_in, in_vals)
             # The gathered rows go along: the optimiser updates them and writes them back.
-            grads[P[id(m.item_out)]] = (uniq, dW, w_rows)
-            if m.item_bias is not None:
-                grads[P[id(m.item_bias)]] = (uniq, db_out, b_rows)
+            grads[self.i_out] = TableRows(uniq, dwb, rows)
         return loss, grads, hn
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return a @ b if out is None else torch.mm(a, b, out=out)

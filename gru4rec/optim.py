@@ -23,9 +23,12 @@ Adam (Kingma & Ba), t counted per parameter (every step that has a gradient for 
 
 `step()` reads ``p.grad`` (dense or sparse); `step_grads(grads)` takes the gradients directly, each
 either a dense tensor or a ``(rows, values)`` pair with unique rows — used by the fused training step.
-A ``(rows, values, param_rows)`` triple also passes the parameter's rows as gathered for the forward
-pass (a scratch copy the optimiser may overwrite); they are updated and written back with one
-``index_copy_`` instead of an ``index_add_``.
+
+`pack_rows(params)` stores item tables with the same rows (the output item matrix and its bias) and
+their optimiser state side by side in one row-major table, ``[params | state 1 | state 2]`` per row:
+the forward pass gathers a batch's rows once (`RowTable.gather`), and the update of every touched
+row — parameters and state together — is a few ops on those gathered rows plus one ``index_copy_``.
+The gradient then comes as a `TableRows` in the first packed parameter's slot (the others None).
 
 `pack(params)` stores a group of dense parameters (and their optimiser state) as views of one flat
 buffer each and returns gradient buffers (views of one flat gradient buffer) to fill: when
@@ -36,6 +39,7 @@ flat tensors instead of per-tensor ops. Parameter names, shapes and the state di
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -48,12 +52,34 @@ def coalesce_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tenso
     return uniq, out
 
 
+class RowTable(NamedTuple):
+    """Item tables and their optimiser state packed per row (see `_RowOptimizer.pack_rows`)."""
+
+    table: torch.Tensor  # n_rows × (1 + n_state) · width
+    width: int  # columns of the packed parameters together
+    index: list[int]  # the packed parameters' positions in the optimiser
+    blocks: dict[str, int]  # state key → block number (block 0 = the parameters)
+
+    def gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scratch copy of ``rows`` (parameters and state); `TableRows` hands it back updated."""
+        return self.table.index_select(0, rows)
+
+
+class TableRows(NamedTuple):
+    """Gradient of a `RowTable`: unique ``rows``, ``grad`` (rows × width) and the gathered rows."""
+
+    rows: torch.Tensor
+    grad: torch.Tensor
+    table_rows: torch.Tensor
+
+
 class _RowOptimizer:
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float):
         self.params = list(params)
         self.lr = float(lr)
         self.state: list[dict[str, torch.Tensor]] = [self._init_state(p) for p in self.params]
         self._pack: tuple[list[int], dict[str, torch.Tensor], torch.Tensor, list[torch.Tensor]] | None = None
+        self._row_table: RowTable | None = None
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -95,6 +121,42 @@ class _RowOptimizer:
         self._pack = (idx, flat_state, flat_g, gviews)
         return gviews
 
+    @torch.no_grad()
+    def pack_rows(self, params: Sequence[torch.nn.Parameter]) -> RowTable:
+        """Make ``params`` (2-D, same rows, dtype and device) and their per-element state column views
+        of one row-major table; return it. Names, shapes and the state dict are unchanged."""
+        pos = {id(p): i for i, p in enumerate(self.params)}
+        idx = [pos[id(p)] for p in params]
+        ref = self.params[idx[0]]
+        if any(self.params[i].dim() != 2 or self.params[i].shape[0] != ref.shape[0] for i in idx):
+            raise ValueError("pack_rows needs 2-D tables with the same number of rows")
+        keys = [k for k, t in self.state[idx[0]].items() if t.shape == ref.shape]
+        widths = [self.params[i].shape[1] for i in idx]
+        width = sum(widths)
+        table = torch.empty(ref.shape[0], (1 + len(keys)) * width, dtype=ref.dtype, device=ref.device)
+
+        def place(block: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            views, col = [], block * width
+            for t, w in zip(tensors, widths):
+                v = table[:, col : col + w]
+                v.copy_(t)
+                views.append(v)
+                col += w
+            return views
+
+        for i, v in zip(idx, place(0, [self.params[i].data for i in idx])):
+            self.params[i].data = v
+        for b, key in enumerate(keys, start=1):
+            for i, v in zip(idx, place(b, [self.state[i][key] for i in idx])):
+                self.state[i][key] = v
+        self._row_table = RowTable(table, width, idx, {k: b for b, k in enumerate(keys, start=1)})
+        return self._row_table
+
+    def _table_block(self, rows: torch.Tensor, key: str) -> torch.Tensor:
+        w = self._row_table.width
+        b = self._row_table.blocks[key]
+        return rows[:, b * w : (b + 1) * w]
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
@@ -111,12 +173,16 @@ class _RowOptimizer:
         self.step_grads(grads)
 
     @torch.no_grad()
-    def step_grads(self, grads: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+    def step_grads(self, grads: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | TableRows | None]) -> None:
         dense_i = []
         for i, g in enumerate(grads):
             if g is None:
                 continue
-            if isinstance(g, tuple):
+            if isinstance(g, TableRows):
+                tr = g.table_rows
+                self._table_rows(self._row_table.index, tr[:, : self._row_table.width], tr, g.grad)
+                self._row_table.table.index_copy_(0, g.rows, tr)
+            elif isinstance(g, tuple):
                 self._rows(i, *g)
             else:
                 dense_i.append(i)
@@ -129,7 +195,11 @@ class _RowOptimizer:
         if dense_i:
             self._dense(dense_i, [grads[i] for i in dense_i])
 
-    def _rows(self, i: int, rows: torch.Tensor, g: torch.Tensor, p_rows: torch.Tensor | None = None) -> None:
+    def _rows(self, i: int, rows: torch.Tensor, g: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _table_rows(self, idx: list[int], p: torch.Tensor, rows: torch.Tensor, g: torch.Tensor) -> None:
+        """Update gathered table rows in place: parameters ``p`` (a view of ``rows``) and state."""
         raise NotImplementedError
 
     def _flat(self, idx: list[int], flat: dict[str, torch.Tensor], g: torch.Tensor) -> None:
@@ -161,7 +231,7 @@ class AdagradM(_RowOptimizer):
             s["v"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
         return s
 
-    def _rows(self, i, rows, g, p_rows=None):
+    def _rows(self, i, rows, g):
         p, s = self.params[i], self.state[i]
         acc = s["acc"].index_select(0, rows).addcmul_(g, g)
         s["acc"].index_copy_(0, rows, acc)
@@ -169,22 +239,27 @@ class AdagradM(_RowOptimizer):
         if self.momentum > 0:
             upd = s["v"].index_select(0, rows).mul_(self.momentum).addcdiv_(g, std, value=self.lr)
             s["v"].index_copy_(0, rows, upd)
-            alpha = -1.0
+            p.index_add_(0, rows, upd, alpha=-1.0)
+        else:  # same rounding as addcdiv_ in `_update`: (value · g) / std
+            p.index_add_(0, rows, (g * -self.lr).div_(std))
+
+    def _update(self, p, acc, v, g, std_out=None):
+        """The Adagrad-momentum formulas on matching tensors (in place)."""
+        acc.addcmul_(g, g)
+        std = torch.add(acc, self.eps, out=std_out).sqrt_()
+        if v is not None:
+            p.sub_(v.mul_(self.momentum).addcdiv_(g, std, value=self.lr))
         else:
-            upd = g / std
-            alpha = -self.lr
-        if p_rows is None:
-            p.index_add_(0, rows, upd, alpha=alpha)
-        else:
-            p.index_copy_(0, rows, p_rows.add_(upd, alpha=alpha))
+            p.addcdiv_(g, std, value=-self.lr)
+
+    def _table_rows(self, idx, p, rows, g):
+        v = self._table_block(rows, "v") if self.momentum > 0 else None
+        self._update(p, self._table_block(rows, "acc"), v, g)
 
     def _flat(self, idx, flat, g):
-        acc = flat["acc"].addcmul_(g, g)
-        std = torch.add(acc, self.eps, out=flat.setdefault("_std", torch.empty_like(acc))).sqrt_()
-        if self.momentum > 0:
-            flat["param"].sub_(flat["v"].mul_(self.momentum).addcdiv_(g, std, value=self.lr))
-        else:
-            flat["param"].addcdiv_(g, std, value=-self.lr)
+        if "_std" not in flat:
+            flat["_std"] = torch.empty_like(g)
+        self._update(flat["param"], flat["acc"], flat.get("v"), g, std_out=flat["_std"])
 
     def _dense(self, idx, grads):
         ps = [self.params[i] for i in idx]
@@ -219,7 +294,7 @@ class Adam(_RowOptimizer):
         t = float(s["t"])
         return self.lr / (1 - self.b1**t), 1.0 / (1 - self.b2**t) ** 0.5
 
-    def _rows(self, i, rows, g, p_rows=None):
+    def _rows(self, i, rows, g):
         p, s = self.params[i], self.state[i]
         step, bc2 = self._coef(s)
         m = s["m"].index_select(0, rows).mul_(self.b1).add_(g, alpha=1 - self.b1)
@@ -227,27 +302,29 @@ class Adam(_RowOptimizer):
         s["m"].index_copy_(0, rows, m)
         s["u"].index_copy_(0, rows, u)
         denom = u.sqrt_().mul_(bc2).add_(self.eps)
-        if p_rows is None:
-            p.index_add_(0, rows, m.div_(denom), alpha=-step)
-        else:
-            p.index_copy_(0, rows, p_rows.addcdiv_(m, denom, value=-step))
+        p.index_add_(0, rows, m.mul_(-step).div_(denom))  # addcdiv_'s rounding, as in `_update`
+
+    def _update(self, p, m, u, g, step, bc2, denom_out=None):
+        """The Adam formulas on matching tensors (in place)."""
+        m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+        u.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        denom = torch.sqrt(u, out=denom_out).mul_(bc2).add_(self.eps)
+        p.addcdiv_(m, denom, value=-step)
+
+    def _table_rows(self, idx, p, rows, g):
+        step, bc2 = [self._coef(self.state[i]) for i in idx][0]  # packed tables step together
+        self._update(p, self._table_block(rows, "m"), self._table_block(rows, "u"), g, step, bc2)
 
     def _flat(self, idx, flat, g):
-        coefs = [self._coef(self.state[i]) for i in idx]  # every packed tensor has the same step count
-        step, bc2 = coefs[0]
-        flat["m"].mul_(self.b1).add_(g, alpha=1 - self.b1)
-        flat["u"].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-        denom = torch.sqrt(flat["u"], out=flat.setdefault("_denom", torch.empty_like(g))).mul_(bc2).add_(self.eps)
-        flat["param"].addcdiv_(flat["m"], denom, value=-step)
+        step, bc2 = [self._coef(self.state[i]) for i in idx][0]  # every packed tensor has the same step count
+        if "_denom" not in flat:
+            flat["_denom"] = torch.empty_like(g)
+        self._update(flat["param"], flat["m"], flat["u"], g, step, bc2, denom_out=flat["_denom"])
 
     def _dense(self, idx, grads):
         for i, g in zip(idx, grads):
-            p, s = self.params[i], self.state[i]
-            step, bc2 = self._coef(s)
-            s["m"].mul_(self.b1).add_(g, alpha=1 - self.b1)
-            s["u"].mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            denom = s["u"].sqrt().mul_(bc2).add_(self.eps)
-            p.addcdiv_(s["m"], denom, value=-step)
+            s = self.state[i]
+            self._update(self.params[i], s["m"], s["u"], g, *self._coef(s))
 
 
 def make_optimizer(name: str, params, lr: float, momentum: float = 0.0) -> _RowOptimizer:

@@ -126,6 +126,11 @@ class _FusedEngine:
         # gradient buffers the fused step writes into): the dense update is a few ops on one tensor.
         dense = model.dense_parameters()
         gbufs = opt.pack(dense)
+        # With a sampled output the output item rows (and bias, and their optimiser state) are
+        # gathered and updated together: one row-major table (see gru4rec.optim.pack_rows).
+        row_table = None
+        if not full:
+            row_table = opt.pack_rows([p for p in (model.item_out, model.item_bias) if p is not None])
         self.step = fused.FusedStep(
             model,
             params,
@@ -137,6 +142,7 @@ class _FusedEngine:
             log_q_batch=log_q_batch,
             log_q_sample=log_q_sample,
             grad_buffers={id(p): g for p, g in zip(dense, gbufs)},
+            row_table=row_table,
         )
 
     def __call__(self, inputs, targets, hidden, negatives):
@@ -298,14 +304,15 @@ def train(
 
     # ---- schedule, once; per step only views of device tensors
     sched = build_schedule(train_s.offsets, train_s.items, t.batch_size)
-    inputs_t = torch.from_numpy(sched.inputs).to(device)
-    targets_t = torch.from_numpy(sched.targets).to(device)
     keep_row = torch.from_numpy(sched.positions != 0).to(device, torch.float32).unsqueeze(1)
     so = sched.step_offsets
     has_reset = np.add.reduceat(sched.positions == 0, so[:-1]) > 0 if sched.n_steps else np.zeros(0, bool)
     sizes = np.diff(so)
     # Plain Python values for the per-step bookkeeping (numpy scalars cost more per use).
     so_l, sizes_l, reset_l = so.tolist(), sizes.tolist(), has_reset.tolist()
+    # Each step's inputs / targets as ready-made views (one split instead of two slices per step).
+    step_inputs = torch.from_numpy(sched.inputs).to(device).split(sizes_l)
+    step_targets = torch.from_numpy(sched.targets).to(device).split(sizes_l)
 
     # ---- state, possibly resumed
     history: list[dict] = []
@@ -366,7 +373,7 @@ def train(
                 km = keep_row[a:b]
                 hidden = [h * km for h in hidden]
             negatives = sampler.draw() if sampler is not None else None
-            loss, hidden = run_step(inputs_t[a:b], targets_t[a:b], hidden, negatives)
+            loss, hidden = run_step(step_inputs[step], step_targets[step], hidden, negatives)
             if on_cpu:  # .item() costs nothing on the CPU: check every step
                 value = loss.item()
                 if not math.isfinite(value):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gru4rec.optim import AdagradM, Adam, coalesce_rows
+from gru4rec.optim import AdagradM, Adam, TableRows, coalesce_rows
 
 
 def ref_adagrad(p, grads, lr, mom, eps=1e-6):
@@ -136,8 +136,8 @@ def test_coalesce_rows_sums_duplicates():
 
 
 @pytest.mark.parametrize("name", ["adagrad0", "adagrad", "adam"])
-def test_packed_dense_group_and_gathered_rows_match_plain_updates(name):
-    """`pack` (flat buffers) and (rows, values, param_rows) triples give bit-identical updates."""
+def test_packed_dense_group_and_row_table_match_plain_updates(name):
+    """`pack` (flat buffers) and `pack_rows` (a row table of two item tables) give bit-identical updates."""
 
     def make(params):
         if name == "adam":
@@ -146,25 +146,36 @@ def test_packed_dense_group_and_gathered_rows_match_plain_updates(name):
 
     torch.manual_seed(0)
     shapes = [(5, 3), (4,), (2, 6)]
-    init = [torch.randn(s, dtype=torch.float64) for s in shapes] + [torch.randn(10, 3, dtype=torch.float64)]
+    init = [torch.randn(s, dtype=torch.float64) for s in shapes]
+    init += [torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 1, dtype=torch.float64)]
     plain = [torch.nn.Parameter(t.clone()) for t in init]
     packed = [torch.nn.Parameter(t.clone()) for t in init]
     o_plain, o_packed = make(plain), make(packed)
     gbufs = o_packed.pack(packed[:3])
+    table = o_packed.pack_rows(packed[3:])
     assert all(g.shape == p.shape for g, p in zip(gbufs, packed))
-    for rows, vals in _sparse_steps(10):
+    assert table.width == 4 and packed[3].data_ptr() == table.table.data_ptr()
+    for rows, vals in _sparse_steps(10, dim=4):
         dense = [torch.randn(s, dtype=torch.float64) for s in shapes]
         for buf, g in zip(gbufs, dense):
             buf.copy_(g)
         r, v = coalesce_rows(rows, vals)
-        o_plain.step_grads(dense + [(r, v)])
-        o_packed.step_grads(gbufs + [(r, v, packed[3].detach().index_select(0, r))])
+        o_plain.step_grads(dense + [(r, v[:, :3]), (r, v[:, 3:])])
+        o_packed.step_grads(gbufs + [TableRows(r, v, table.gather(r)), None])
     for p, q in zip(plain, packed):
         assert torch.equal(p, q)
     # State dicts keep the per-parameter layout (and load back into the packed views).
+    key = "m" if name == "adam" else "acc"
     sd = o_packed.state_dict()
-    assert [s["m" if name == "adam" else "acc"].shape for s in sd["state"]] == [p.shape for p in plain]
+    assert [s[key].shape for s in sd["state"]] == [p.shape for p in plain]
+    for a, b in zip(o_packed.state_dict()["state"], o_plain.state_dict()["state"]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
     o_packed.load_state_dict(o_plain.state_dict())
-    assert torch.equal(
-        o_packed.state[0]["m" if name == "adam" else "acc"], o_plain.state[0]["m" if name == "adam" else "acc"]
-    )
+    assert torch.equal(o_packed.state[0][key], o_plain.state[0][key])
+    assert torch.equal(o_packed.state[4][key], o_plain.state[4][key])
+
+
+def test_pack_rows_refuses_tables_of_different_rows():
+    a, b = torch.nn.Parameter(torch.zeros(4, 2)), torch.nn.Parameter(torch.zeros(5, 1))
+    with pytest.raises(ValueError, match="same number of rows"):
+        AdagradM([a, b], lr=0.1).pack_rows([a, b])

@@ -15,6 +15,7 @@ from gru4rec.errors import ConfigError, TrainingError
 from gru4rec.fused import FusedStep
 from gru4rec.losses import compute_loss, item_log_q, sampled_columns
 from gru4rec.model import GRU4Rec, ModelConfig
+from gru4rec.optim import AdagradM
 from gru4rec.presets import PRESETS, get_preset
 from gru4rec.sampler import NegativeSampler
 from gru4rec.trainer import CHECKPOINT, load_checkpoint, train
@@ -112,10 +113,17 @@ def test_fused_gradients_equal_autograd(embedding, loss, n_sample):
         lq = torch.cat([lb[targets]] + ([ls[negs]] if negs is not None else []))
     ref = compute_loss(scores, loss, pos=pos, exclude=exclude, log_q=lq, logq=logq, **kw)
     ref.backward()
-    fs = FusedStep(model, params, loss=loss, full=full, logq=logq, log_q_batch=lb, log_q_sample=ls, **kw)
+    table = None if full else AdagradM(params, lr=0.1).pack_rows([model.item_out, model.item_bias])
+    fs = FusedStep(
+        model, params, loss=loss, full=full, logq=logq, log_q_batch=lb, log_q_sample=ls, row_table=table, **kw
+    )
     got_loss, grads, got_h = fs.grads(inputs, targets, h, negs)
     assert got_loss.item() == pytest.approx(ref.item(), rel=1e-10)
     assert torch.allclose(got_h, hn.detach(), atol=1e-12)
+    if not full:  # item_out's slot holds [d item_out | d item_bias] of the gathered table rows
+        rows, g_table, _ = grads[0]
+        assert grads[1] is None and g_table.shape == (len(rows), 7)
+        grads[0], grads[1] = (rows, g_table[:, :6]), (rows, g_table[:, 6:])
     for p, g in zip(params, grads):
         want = p.grad.to_dense() if p.grad.is_sparse else p.grad
         if isinstance(g, tuple):
