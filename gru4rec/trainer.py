@@ -146,8 +146,9 @@ class _FusedEngine:
         )
 
     def __call__(self, inputs, targets, hidden, negatives):
-        loss, grads, hn = self.step.grads(inputs, targets, hidden[0], negatives)
-        self.opt.step_grads(grads)
+        with torch.inference_mode():  # see FusedStep.grads; in-place updates of parameters are allowed
+            loss, grads, hn = self.step.grads(inputs, targets, hidden[0], negatives)
+            self.opt.step_grads(grads)
         return loss, [hn]
 
 
