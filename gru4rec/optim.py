@@ -172,7 +172,7 @@ class _RowOptimizer:
             grads.append(g)
         self.step_grads(grads)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # also accepts the inference-mode gradients of gru4rec.fused
     def step_grads(self, grads: Sequence[torch.Tensor | tuple[torch.Tensor, torch.Tensor] | TableRows | None]) -> None:
         dense_i = []
         for i, g in enumerate(grads):
