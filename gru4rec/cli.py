@@ -217,11 +217,14 @@ def print_metrics_table(report: dict, title: str) -> None:
     from gru4rec.steps import metrics_table
 
     rows = metrics_table(report)
+    # One row per metric, one column per model: fits an 80-column terminal or log file (one
+    # column per metric did not, and rich then cut every number to "0.…").
     table = Table(title=title)
-    for col in rows[0]:
-        table.add_column(col, justify="left" if col == "model" else "right", no_wrap=col == "model")
+    table.add_column("metric", no_wrap=True)
     for r in rows:
-        table.add_row(*[v if isinstance(v, str) else ("-" if v is None else f"{v:.4f}") for v in r.values()])
+        table.add_column(r["model"], justify="right", no_wrap=True)
+    for metric in [k for k in rows[0] if k != "model"] if rows else []:
+        table.add_row(metric, *["-" if r[metric] is None else f"{r[metric]:.4f}" for r in rows])
     console.print(table)
 
 

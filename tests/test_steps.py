@@ -111,6 +111,10 @@ def test_cli_train_and_evaluate(split_dir, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "gru4rec" in res.output and "popularity" in res.output
-    assert json.loads((tmp_path / "m.json").read_text())["ks"] == [5, 20]
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["ks"] == [5, 20]
+    # Not a terminal (80 columns): every figure must still be printed in full, not cut to "0.…".
+    assert "…" not in res.output
+    assert f"{report['metrics']['gru4rec']['recall@20']:.4f}" in res.output
     res = runner.invoke(app, ["evaluate", "--split", str(split_dir), "--model", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
