@@ -254,11 +254,11 @@ def train(
         summary = train_step(split, cfg, out, full=full, resume=resume, preset=preset)
     except PipelineError as e:
         _fail(str(e))
-    table = Table(title=f"Training history ({summary['device']}) → {summary['model_dir']}")
+    table = Table(title=f"Training history ({summary['device']}; metrics on the valid split) → {summary['model_dir']}")
     hist = summary["history"]
     cols = ["epoch", "loss", "events_per_s"] + [k for k in hist[0] if k.startswith("valid_") and "@20" in k]
-    for c in cols:
-        table.add_column(c, justify="right")
+    for c in cols:  # short headers: the table must fit 80 columns (logs, pipes) without cutting them
+        table.add_column("events/s" if c == "events_per_s" else c.removeprefix("valid_"), justify="right")
     for h in hist:
         table.add_row(
             *[f"{h[c]:,.0f}" if c == "events_per_s" else (str(h[c]) if c == "epoch" else f"{h[c]:.4f}") for c in cols]

@@ -94,7 +94,7 @@ def test_cli_train_and_evaluate(split_dir, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "Training history" in res.output
+    assert "Training history" in res.output and "…" not in res.output
     res = runner.invoke(
         app,
         [
