@@ -22,7 +22,9 @@ class GRU4RecPyfunc(PythonModel):
 
         self.recommender = Recommender(load_model(context.artifacts["model_dir"]))
 
-    def predict(self, context, model_input, params=None):
+    # The DataFrame hint is one MLflow accepts without inferring a schema from it (the model is
+    # logged with an explicit signature); without any hint MLflow warns on every load.
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         k = int(params.get("k", 20))
         exclude_seen = bool(params.get("exclude_seen", False))
