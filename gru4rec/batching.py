@@ -47,6 +47,24 @@ class Schedule:
         """True for rows whose slot starts a new session (hidden state to zero)."""
         return self.positions == 0
 
+    def step_sizes(self) -> list[int]:
+        """Rows per step (never growing)."""
+        return np.diff(self.step_offsets).tolist()
+
+    def step_has_reset(self) -> list[bool]:
+        """Per step: does any row start a new session?"""
+        if not self.n_steps:
+            return []
+        return (np.add.reduceat(self.resets, self.step_offsets[:-1]) > 0).tolist()
+
+    def kept_rows(self, t: int) -> np.ndarray | None:
+        """Rows of step t-1 whose slots are still active at step t, in order; None when step t has as
+        many rows as step t-1 (no slot ran dry; always so for t = 0)."""
+        so = self.step_offsets
+        if t == 0 or so[t + 1] - so[t] == so[t] - so[t - 1]:
+            return None
+        return np.searchsorted(self.slots[so[t - 1] : so[t]], self.slots[so[t] : so[t + 1]])
+
 
 @dataclass(frozen=True)
 class Step:
@@ -119,15 +137,11 @@ def build_schedule(offsets: np.ndarray, items: np.ndarray, batch_size: int) -> S
 
 
 def iterate(schedule: Schedule, start_step: int = 0) -> Iterator[Step]:
-    """Walk the schedule step by step (numpy slices; only a shrinking step does a searchsorted)."""
-    so = schedule.step_offsets
-    prev_slots = None
+    """Walk the schedule step by step (numpy slices; only a shrinking step does a searchsorted).
+    The trainer walks the same way with precomputed per-step lists (`step_sizes`, `step_has_reset`,
+    `kept_rows`)."""
+    so = schedule.step_offsets.tolist()
     for t in range(start_step, schedule.n_steps):
         a, b = so[t], so[t + 1]
-        slots = schedule.slots[a:b]
-        keep = None
-        if prev_slots is not None and len(slots) != len(prev_slots):
-            keep = np.searchsorted(prev_slots, slots)
-        pos = schedule.positions[a:b]
-        yield Step(t, schedule.inputs[a:b], schedule.targets[a:b], slots, np.flatnonzero(pos == 0), keep)
-        prev_slots = slots
+        reset = np.flatnonzero(schedule.resets[a:b])
+        yield Step(t, schedule.inputs[a:b], schedule.targets[a:b], schedule.slots[a:b], reset, schedule.kept_rows(t))

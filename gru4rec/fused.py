@@ -60,40 +60,36 @@ class FusedStep:
             raise ValueError("a sampled output needs the optimiser's row table of item_out (+ item_bias)")
         self.table = row_table
         self.m = model
-        self.layer = model.layers[0]
         self.loss, self.full = loss, full
         self.logq, self.bpreg, self.elu = logq, bpreg, elu
-        self.log_q_batch, self.log_q_sample = log_q_batch, log_q_sample
         # Candidate weights of the sampled cross-entropy, per item: exp(-logq·logQ) and its log.
         self._w_batch = self._w_sample = self._lw_batch = None
         if loss == "cross-entropy" and not full and logq and log_q_batch is not None:
             self._lw_batch = log_q_batch * -logq
             self._w_batch = torch.exp(self._lw_batch)
             self._w_sample = torch.exp(log_q_sample * -logq)
-        # Dense gradients are written into these (param id → buffer, e.g. `AdagradM.pack`'s views).
-        self.gbuf = dict(grad_buffers or {})
         self._mark = None
         self.H = model.cfg.layers[0]
         self.emb = model.cfg.embedding
         self.p_emb = model.cfg.dropout_embedding if self.emb != "onehot" else 0.0
         self.p_hid = model.cfg.dropout_hidden
-        self.pos = {id(p): i for i, p in enumerate(param_order)}
         self.n_params = len(param_order)
-        # Parameters, their slots in `param_order` and gradient buffers, looked up once (per-step
-        # nn.Module attribute access and dict lookups are measurable at this step size).
-        L = self.layer
+        # Parameters, their slots in `param_order` and the gradient buffers to write dense gradients
+        # into (param id → buffer, e.g. `AdagradM.pack`'s views), looked up once: per-step
+        # nn.Module attribute access and dict lookups are measurable at this step size.
+        L = model.layers[0]
         self.w_x, self.w_rz, self.w_h, self.b = L.w_x, L.w_rz, L.w_h, L.b
         self.item_out, self.item_bias, self.item_in = model.item_out, model.item_bias, model.item_in
         self.has_bias = model.item_bias is not None
-        slot = self.pos.get
+        slot = {id(p): i for i, p in enumerate(param_order)}.get
         self.i_w_x, self.i_w_rz, self.i_w_h, self.i_b = slot(id(L.w_x)), slot(id(L.w_rz)), slot(id(L.w_h)), slot(id(L.b))
         self.i_out, self.i_bias, self.i_in = slot(id(model.item_out)), slot(id(model.item_bias)), slot(id(model.item_in))
-        self.g_w_x, self.g_w_rz, self.g_w_h, self.g_b = (self.gbuf.get(id(p)) for p in (L.w_x, L.w_rz, L.w_h, L.b))
+        gbuf = grad_buffers or {}
+        self.g_w_x, self.g_w_rz, self.g_w_h, self.g_b = (gbuf.get(id(p)) for p in (L.w_x, L.w_rz, L.w_h, L.b))
         # Transposed views, made once: they share storage with the weights, which the optimiser
         # updates in place (build this step after `pack`/`pack_rows`, which move the storage).
         self.w_x_t, self.w_h_t = L.w_x.detach().t(), L.w_h.detach().t()
         self._dvx: dict[int, torch.Tensor] = {}  # batch size → gate-gradient buffer
-        self._minus_one: dict[int, torch.Tensor] = {}  # batch size → (B, 1) column of -1
         self._masks: dict = {}
         self._ones_col: dict[int, torch.Tensor] = {}  # batch size → [o | 1] buffer
 
@@ -185,15 +181,7 @@ class FusedStep:
         s_pos = s.gather(1, pcol)
         logits = s.add_(colw.log_())
         logits.scatter_(1, pcol, s_pos if own is None else s_pos.add_(own))
-        # Closed form, as gru4rec.losses.cross_entropy_and_grad: d loss / d logits = (softmax - onehot) / B.
-        b = pos.shape[0]
-        ds = torch.log_softmax(logits, 1)
-        loss = ds.gather(1, pcol).sum().div_(-b)  # = -mean (mean() costs 3x a sum here)
-        minus_one = self._minus_one.get(b)
-        if minus_one is None:
-            minus_one = self._minus_one[b] = torch.full((b, 1), -1.0, dtype=s.dtype, device=s.device)
-        ds.exp_().scatter_add_(1, pcol, minus_one).div_(b)
-        return loss, ds
+        return cross_entropy_and_grad(logits, pos=pos)
 
     # Inference mode, not just no_grad: no version counters or view tracking per op, which is a
     # measurable share of a step this small (~15 % on the ML-1M benchmark).

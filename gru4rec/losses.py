@@ -129,7 +129,7 @@ def cross_entropy_and_grad(
     b = scores.shape[0]
     grad = torch.log_softmax(z, 1)
     lp = torch.diagonal(grad) if pos is None else grad.gather(1, pos.view(-1, 1))
-    loss = lp.mean().neg_()
+    loss = lp.sum().div_(-b)  # = -mean; mean() costs about three sums on tensors this small
     grad.exp_()  # softmax(z)
     if pos is None:
         torch.diagonal(grad).sub_(1.0)

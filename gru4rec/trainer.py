@@ -305,15 +305,13 @@ def train(
 
     # ---- schedule, once; per step only views of device tensors
     sched = build_schedule(train_s.offsets, train_s.items, t.batch_size)
-    keep_row = torch.from_numpy(sched.positions != 0).to(device, torch.float32).unsqueeze(1)
-    so = sched.step_offsets
-    has_reset = np.add.reduceat(sched.positions == 0, so[:-1]) > 0 if sched.n_steps else np.zeros(0, bool)
-    sizes = np.diff(so)
-    # Plain Python values for the per-step bookkeeping (numpy scalars cost more per use).
-    so_l, sizes_l, reset_l = so.tolist(), sizes.tolist(), has_reset.tolist()
+    # 0 for rows whose slot starts a new session: multiplying zeroes their hidden state on the device.
+    keep_row = torch.from_numpy(~sched.resets).to(device, torch.float32).unsqueeze(1)
+    # Plain Python lists for the per-step bookkeeping (numpy scalars cost more per use).
+    offsets, sizes, has_reset = sched.step_offsets.tolist(), sched.step_sizes(), sched.step_has_reset()
     # Each step's inputs / targets as ready-made views (one split instead of two slices per step).
-    step_inputs = torch.from_numpy(sched.inputs).to(device).split(sizes_l)
-    step_targets = torch.from_numpy(sched.targets).to(device).split(sizes_l)
+    step_inputs = torch.from_numpy(sched.inputs).to(device).split(sizes)
+    step_targets = torch.from_numpy(sched.targets).to(device).split(sizes)
 
     # ---- state, possibly resumed
     history: list[dict] = []
@@ -354,7 +352,7 @@ def train(
         if stopped:
             break
         model.train()
-        hidden = model.init_hidden(int(sizes[0]) if len(sizes) else 0, device)
+        hidden = model.init_hidden(sizes[0] if sizes else 0, device)
         loss_total = 0.0
         pending = torch.zeros((), dtype=torch.float64, device=device)
         bar = None
@@ -364,13 +362,12 @@ def train(
             bar = tqdm(total=sched.n_events, desc=f"epoch {epoch}/{t.epochs}", unit="ev", leave=False)
         t0 = time.perf_counter()
         last_bar, last_events = 0, 0
-        for step in range(sched.n_steps):
-            a, b = so_l[step], so_l[step + 1]
-            if step and sizes_l[step] != sizes_l[step - 1]:
-                prev = sched.slots[so_l[step - 1] : a]
-                keep = torch.from_numpy(np.searchsorted(prev, sched.slots[a:b])).to(device)
+        for step in range(sched.n_steps):  # as `gru4rec.batching.iterate`, without per-step objects
+            a, b = offsets[step], offsets[step + 1]
+            if step and sizes[step] != sizes[step - 1]:  # the batch shrank: drop slots that ran dry
+                keep = torch.from_numpy(sched.kept_rows(step)).to(device)
                 hidden = [h.index_select(0, keep) for h in hidden]
-            if reset_l[step]:
+            if has_reset[step]:
                 km = keep_row[a:b]
                 hidden = [h * km for h in hidden]
             negatives = sampler.draw() if sampler is not None else None

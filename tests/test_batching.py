@@ -84,6 +84,10 @@ def test_keep_tracks_slots_when_the_batch_shrinks(lengths, batch_size):
         prev = step.slots
     # Sizes never grow.
     assert np.all(np.diff(np.diff(sched.step_offsets)) <= 0)
+    # The trainer's per-step lists say the same as the walk.
+    steps = list(iterate(sched))
+    assert sched.step_sizes() == [len(s.slots) for s in steps]
+    assert sched.step_has_reset() == [len(s.reset) > 0 for s in steps]
 
 
 def test_short_sessions_and_empty_input():
