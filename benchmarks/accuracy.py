@@ -41,7 +41,7 @@ PRESETS = ["tutorial", "gru4rec-xe", "gru4rec-bprmax"]
 def prepare(name: str, workdir: Path) -> Path:
     from gru4rec.data.config import IngestConfig, SplitConfig
     from gru4rec.data.ingest import ingest
-    from gru4rec.data.split import make_split
+    from gru4rec.data.splitter import make_split
 
     d = DATASETS[name]
     out = workdir / name
@@ -58,7 +58,7 @@ def prepare(name: str, workdir: Path) -> Path:
 
 
 def run(name: str, preset: str, seed: int, split_dir: Path, threads: int) -> dict:
-    from gru4rec.steps import build_config, evaluate_step, train_step
+    from gru4rec.jobs import build_config, evaluate_step, train_step
 
     cfg = build_config(preset, {}, seed=seed, threads=threads, progress=False, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:

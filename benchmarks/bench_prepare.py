@@ -83,21 +83,22 @@ def generate_clicks(path: Path, n_events: int, n_items: int = 37_000, seed: int 
 # One step in its own process
 # --------------------------------------------------------------------------------------------
 def _do_step(step: str, csv: Path, work: Path) -> None:
-    from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig, ValidationConfig
+    from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig
+    from tasks.validation import ValidationConfig
 
     if step == "ingest":
         from gru4rec.data.ingest import ingest
 
         ingest(IngestConfig(source=str(csv), format="yoochoose"), work / "ingest")
     elif step == "validate":
-        from gru4rec.data.validate import validate_events
+        from tasks.validation import validate_events
 
         manifest = json.loads((work / "ingest" / "ingest_manifest.json").read_text())
         validate_events(
             manifest, work / "ingest", ValidationConfig(data_docs=False), SourceFormat.YOOCHOOSE, work / "validation"
         )
     elif step == "split":
-        from gru4rec.data.split import make_split
+        from gru4rec.data.splitter import make_split
 
         v = json.loads((work / "validation" / "validation_manifest.json").read_text())
         tables = {

@@ -34,7 +34,7 @@ CONFIGS = {
 def prepare(workdir: Path, source: Path) -> Path:
     from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig
     from gru4rec.data.ingest import ingest
-    from gru4rec.data.split import make_split
+    from gru4rec.data.splitter import make_split
 
     split_dir = workdir / "ml1m-session-end"
     if (split_dir / "manifest.json").exists():
@@ -52,9 +52,9 @@ def prepare(workdir: Path, source: Path) -> Path:
 def run_one(split_dir: Path, preset: str, overrides: dict, threads: int, epochs: int, device: str) -> dict:
     import torch
 
-    from gru4rec.data.splits import load_split, session_arrays
+    from gru4rec.data.split_dir import load_split, session_arrays
     from gru4rec.evaluate import evaluate_model
-    from gru4rec.steps import build_config
+    from gru4rec.jobs import build_config
     from gru4rec.trainer import train
 
     torch.set_num_threads(threads)

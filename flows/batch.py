@@ -94,7 +94,7 @@ def batch_recommend(
     exclude_seen: bool = False,
 ) -> dict:
     """Load ``models:/<name>@<alias>`` (or a version), write top-k recommendations per session to Parquet."""
-    from gru4rec.registry import embedded_tracking_uri
+    from tasks.registry import embedded_tracking_uri
 
     uri = tracking_uri or embedded_tracking_uri(Path(workdir) / "mlflow")[0]
     model_uri = f"models:/{model_name}/{version}" if version else f"models:/{model_name}@{alias}"

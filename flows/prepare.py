@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
-from gru4rec.data.config import PrepareConfig
+from flows.config import PrepareConfig
 from tasks.data import ingest_task, split_task, validate_task
 
 
@@ -21,7 +21,7 @@ def prepare_data(config: PrepareConfig) -> dict:
     split_manifest = split_task(ingest_manifest, validation_manifest, config.split, str(out))
 
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
-    from gru4rec.data.split import split_stats_table
+    from gru4rec.data.splitter import split_stats_table
 
     rows = split_stats_table(stats)
     create_table_artifact(

@@ -19,9 +19,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
+from flows.config import PipelineConfig
 from gru4rec.errors import DataValidationError
 from gru4rec.io import sha256_file, sha256_json, write_json_atomic
-from gru4rec.pipeline_config import PipelineConfig
 from tasks.common import RETRY_OPTIONS
 from tasks.data import ingest_task, split_task, validate_task
 from tasks.training import evaluate_task, register_task, train_task
@@ -102,7 +102,7 @@ def _history_artifact(history: list[dict]) -> None:
 
 
 def _evaluation_artifact(report: dict) -> list[dict]:
-    from gru4rec.steps import metrics_table
+    from gru4rec.jobs import metrics_table
 
     rows = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in metrics_table(report)]
     create_table_artifact(
@@ -173,7 +173,7 @@ def training_pipeline(config: PipelineConfig | None = None) -> dict:
     )
     split_dir = str(Path(split_manifest).parent)
     stats = json.loads((Path(split_dir) / "stats.json").read_text(encoding="utf-8"))
-    from gru4rec.data.split import split_stats_table
+    from gru4rec.data.splitter import split_stats_table
 
     create_table_artifact(key="split-statistics", table=split_stats_table(stats), description=f"Split {split_dir}")
     split_fingerprint = json.loads(Path(split_manifest).read_text(encoding="utf-8"))["fingerprint"]
@@ -181,7 +181,7 @@ def training_pipeline(config: PipelineConfig | None = None) -> dict:
 
     # ---- model
     from gru4rec.device import select_device
-    from gru4rec.steps import build_config
+    from gru4rec.jobs import build_config
 
     m = config.model
     cfg = build_config(
@@ -214,7 +214,7 @@ def training_pipeline(config: PipelineConfig | None = None) -> dict:
     eval_rows = _evaluation_artifact(report)
 
     # ---- registry
-    from gru4rec.registry import embedded_tracking_uri
+    from tasks.registry import embedded_tracking_uri
 
     if config.registry.tracking_uri:
         tracking_uri, artifact_location = config.registry.tracking_uri, None

@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from gru4rec.data.splits import SessionArrays
+from gru4rec.data.split_dir import SessionArrays
 from gru4rec.evaluate import StepScorer
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gru4rec.data.splits import SessionArrays
+from gru4rec.data.split_dir import SessionArrays
 from gru4rec.errors import ConfigError, TrainingError
 
 Ties = Literal["conservative", "standard", "median"]

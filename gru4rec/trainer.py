@@ -36,7 +36,7 @@ import torch
 from gru4rec import fused
 from gru4rec.batching import build_schedule
 from gru4rec.config import Gru4RecConfig
-from gru4rec.data.splits import SessionArrays, Split, load_split, session_arrays, training_sessions
+from gru4rec.data.split_dir import SessionArrays, Split, load_split, session_arrays, training_sessions
 from gru4rec.device import select_device
 from gru4rec.errors import ConfigError, ModelFileError, TrainingError
 from gru4rec.io import atomic_path, write_json_atomic

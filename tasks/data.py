@@ -7,8 +7,9 @@ from pathlib import Path
 
 from prefect import task
 
-from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig, ValidationConfig
+from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig
 from tasks.common import RETRY_OPTIONS
+from tasks.validation import ValidationConfig
 
 
 def _cache_token(context, parameters) -> str:
@@ -28,7 +29,7 @@ def ingest_task(cfg: IngestConfig, out_dir: str, cache_token: str = "") -> str:
 @task(name="validate", **RETRY_OPTIONS, cache_key_fn=_cache_token, persist_result=True)
 def validate_task(ingest_manifest_path: str, cfg: ValidationConfig, out_dir: str, cache_token: str = "") -> str:
     """Run the Great Expectations suite; a failure raises DataValidationError (never retried)."""
-    from gru4rec.data.validate import validate_events
+    from tasks.validation import validate_events
 
     manifest_path = Path(ingest_manifest_path)
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -42,7 +43,7 @@ def split_task(
     ingest_manifest_path: str, validation_manifest_path: str, cfg: SplitConfig, out_dir: str, cache_token: str = ""
 ) -> str:
     """Sessionize, filter and split into the split directory; return its manifest's path."""
-    from gru4rec.data.split import make_split
+    from gru4rec.data.splitter import make_split
 
     ingest_manifest = json.loads(Path(ingest_manifest_path).read_text(encoding="utf-8"))
     vpath = Path(validation_manifest_path)

@@ -1,5 +1,5 @@
-"""Prefect tasks of the model half: train, evaluate, register. Thin wrappers over gru4rec.steps
-and gru4rec.registry; they pass paths and small JSON summaries, never models or DataFrames."""
+"""Prefect tasks of the model half: train, evaluate, register. Thin wrappers over gru4rec.jobs
+and tasks.registry; they pass paths and small JSON summaries, never models or DataFrames."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _retry_training(task, task_run, state) -> bool:
 def train_task(split_dir: str, config_json: str, model_dir: str, full: bool, preset: str, cache_token: str) -> dict:
     """Train (resuming from model_dir's checkpoint if a previous attempt was interrupted)."""
     from gru4rec.config import Gru4RecConfig
-    from gru4rec.steps import train_step
+    from gru4rec.jobs import train_step
 
     cfg = Gru4RecConfig.model_validate_json(config_json)
     summary = train_step(split_dir, cfg, model_dir, full=full, preset=preset, resume=True)
@@ -45,7 +45,7 @@ def train_task(split_dir: str, config_json: str, model_dir: str, full: bool, pre
 
 @task(name="evaluate", **RETRY_OPTIONS, cache_policy=NO_CACHE)
 def evaluate_task(split_dir: str, model_dir: str, ks: list[int], ties: str, baselines: list[str], out: str) -> dict:
-    from gru4rec.steps import evaluate_step
+    from gru4rec.jobs import evaluate_step
 
     return evaluate_step(split_dir, model_dir, ks=tuple(ks), ties=ties, baselines=tuple(baselines), out=out)
 
@@ -64,7 +64,7 @@ def register_task(
     extra_artifacts: list[str],
     run_name: str,
 ) -> dict:
-    from gru4rec.registry import log_and_register
+    from tasks.registry import log_and_register
 
     result = log_and_register(
         model_dir,

@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 
 from gru4rec.data.config import SourceFormat, SplitConfig
-from gru4rec.data.split import make_split
+from gru4rec.data.splitter import make_split
 
 DAY = 86_400_000
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru4rec.data.splits import SessionArrays
+from gru4rec.data.split_dir import SessionArrays
 from gru4rec.errors import ConfigError
 from gru4rec.evaluate import (
     PopularityModel,

@@ -8,8 +8,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gru4rec.data.config import IngestConfig, PrepareConfig
-from gru4rec.data.splits import load_split
+from flows.config import PrepareConfig
+from gru4rec.data.config import IngestConfig
+from gru4rec.data.split_dir import load_split
 from gru4rec.errors import DataValidationError
 from tests.conftest import shared_file
 
@@ -61,7 +62,7 @@ def test_validation_failure_stops_flow_and_keeps_earlier_split(prefect_harness, 
 
 
 def test_prepare_cli_gap_global_cut(prefect_harness, tmp_path):
-    from gru4rec.cli import app
+    from flows.cli import app
 
     src = shared_file("ml-100k/u.data.gz")
     out = tmp_path / "cli"
@@ -79,7 +80,7 @@ def test_prepare_cli_gap_global_cut(prefect_harness, tmp_path):
 
 
 def test_prepare_cli_reports_bad_input_without_traceback(prefect_harness, tmp_path):
-    from gru4rec.cli import app
+    from flows.cli import app
 
     empty = tmp_path / "ratings.dat"
     empty.write_text("")

@@ -9,9 +9,9 @@ import gzip
 import polars as pl
 import pytest
 
+from flows.config import ModelSettings, PipelineConfig, RegistrySettings
 from gru4rec.data.config import IngestConfig
 from gru4rec.errors import DataValidationError
-from gru4rec.pipeline_config import ModelSettings, PipelineConfig, RegistrySettings
 from tests.conftest import shared_file
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def _config(workdir, source, **model) -> PipelineConfig:
 def _versions(workdir, name="ml100k"):
     from mlflow import MlflowClient
 
-    from gru4rec.registry import embedded_tracking_uri
+    from tasks.registry import embedded_tracking_uri
 
     uri, _ = embedded_tracking_uri(workdir / "mlflow")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

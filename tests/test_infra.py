@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from gru4rec.pipeline_config import PipelineConfig
+from flows.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

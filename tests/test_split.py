@@ -1,4 +1,4 @@
-"""Tests of sessionizing and splitting (gru4rec.data.split) and of reading the result (load_split)."""
+"""Tests of sessionizing and splitting (gru4rec.data.splitter) and of reading the result (load_split)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gru4rec.data.config import SourceFormat, SplitConfig
-from gru4rec.data.split import make_split, split_stats_table
-from gru4rec.data.splits import SPLIT_FILES, load_split
+from gru4rec.data.split_dir import SPLIT_FILES, load_split
+from gru4rec.data.splitter import make_split, split_stats_table
 from gru4rec.errors import DataFormatError, SplitError
 
 DAY = 86_400_000

@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from gru4rec.baselines import ItemKNN
-from gru4rec.data.splits import SessionArrays
+from gru4rec.data.split_dir import SessionArrays
 from gru4rec.errors import ConfigError, ModelFileError
 from gru4rec.evaluate import evaluate_model
-from gru4rec.steps import build_config, evaluate_step, train_step
+from gru4rec.jobs import build_config, evaluate_step, train_step
 from tests.synthetic import synthetic_split
 
 TINY = {"model.layers": "[16]", "train.n_sample": "0", "train.batch_size": "8", "train.lr": "0.1"}
@@ -73,7 +73,7 @@ def test_bad_override_and_mismatched_model(split_dir, tmp_path):
 
 
 def test_cli_train_and_evaluate(split_dir, tmp_path):
-    from gru4rec.cli import app
+    from flows.cli import app
 
     runner = CliRunner()
     sets = [a for kv in TINY.items() for a in ("--set", f"{kv[0]}={kv[1]}")]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gru4rec.config import Gru4RecConfig
-from gru4rec.data.splits import SessionArrays, Split
+from gru4rec.data.split_dir import SessionArrays, Split
 from gru4rec.errors import ConfigError, TrainingError
 from gru4rec.fused import FusedStep
 from gru4rec.losses import compute_loss, item_log_q, sampled_columns
@@ -152,7 +152,7 @@ def test_overfits_tiny_dataset(tmp_path, engine):
     )
     res = train(split, cfg, tmp_path / "run", engine=engine, resume=False)
     assert res.history[-1]["loss"] < 0.1
-    from gru4rec.data.splits import session_arrays
+    from gru4rec.data.split_dir import session_arrays
 
     m = stand_in_eval(res.model, session_arrays(split.train), ks=(1,))
     assert m["recall@1"] == 1.0

@@ -1,4 +1,4 @@
-"""Tests of gru4rec.data.validate (GX-backed validation of the canonical events tables)."""
+"""Tests of tasks.validation (GX-backed validation of the canonical events tables)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gru4rec.data.config import SourceFormat, ValidationConfig
-from gru4rec.data.validate import KEY_COLUMNS, _duplicate_mask, validate_events
+from gru4rec.data.config import SourceFormat
 from gru4rec.errors import DataValidationError
 from gru4rec.io import sha256_file
+from tasks.validation import KEY_COLUMNS, ValidationConfig, _duplicate_mask, validate_events
 
 DAY_MS = 86_400_000
 T0 = 1_600_000_000_000  # 2020-09-13, well inside the sane window
@@ -252,7 +252,7 @@ def test_duplicate_mask_matches_first_occurrence(rows):
 
 def test_module_import_is_light():
     code = (
-        "import sys, gru4rec.data.validate; "
+        "import sys, tasks.validation; "
         "bad = [m for m in ('great_expectations', 'prefect') if m in sys.modules]; "
         "assert not bad, bad"
     )

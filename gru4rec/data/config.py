@@ -78,21 +78,6 @@ class IngestConfig(_Strict):
     )
 
 
-class ValidationConfig(_Strict):
-    min_rows: int = Field(default=100, ge=1, description="Fewer events than this fails validation.")
-    min_timestamp: str = Field(default="1995-01-01", description="Earliest plausible event time (UTC date).")
-    max_future_days: float = Field(default=1.0, ge=0, description="Events later than now + this fail validation.")
-    rating_min: float | None = Field(default=None, description="Rating domain; None = the source's own domain.")
-    rating_max: float | None = None
-    drop_duplicates: bool = Field(
-        default=False, description="Drop exact duplicate (session, item, time) rows instead of only reporting them."
-    )
-    max_duplicate_fraction: float = Field(
-        default=0.05, ge=0, le=1, description="More duplicate (session, item, time) rows than this fraction fails."
-    )
-    data_docs: bool = Field(default=True, description="Also render GX Data Docs HTML beside the JSON result.")
-
-
 class SplitConfig(_Strict):
     session: Literal["user", "gap", "source"] | None = Field(
         default=None, description="Session definition; None = 'user' for MovieLens, 'source' for click logs."
@@ -108,15 +93,6 @@ class SplitConfig(_Strict):
     valid_days: float | None = Field(default=None, gt=0, description="Validation window; None = same as test_days.")
     min_test_sessions: int = Field(default=10, ge=1, description="Fewer test (or validation) sessions is an error.")
     seed: int = Field(default=42, description="Reserved for randomised steps; splitting itself is deterministic.")
-
-
-class PrepareConfig(_Strict):
-    """Everything `prepare` (ingest → validate → split) needs."""
-
-    ingest: IngestConfig = Field(default_factory=IngestConfig)
-    validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    out_dir: str = Field(default="runs/prepare", description="Split directory to write.")
 
 
 def resolve_split_defaults(split: SplitConfig, fmt: SourceFormat, has_test_source: bool) -> SplitConfig:

@@ -1,7 +1,7 @@
 """Sessionize the canonical events table and split it into train / valid / test (the split directory).
 
 Entry point: `make_split(tables, fmt, cfg, out_dir, lineage)`. It writes the directory described in
-`gru4rec.data.splits` (read back with `load_split`). Everything is vectorised Polars (plus one numpy
+`gru4rec.data.split_dir` (read back with `load_split`). Everything is vectorised Polars (plus one numpy
 gather); no Python loop runs over rows or sessions.
 
 Steps, in order:
@@ -55,7 +55,7 @@ import numpy as np
 import polars as pl
 
 from gru4rec.data.config import SourceFormat, SplitConfig, resolve_split_defaults
-from gru4rec.data.splits import MANIFEST, SPLIT_FILES
+from gru4rec.data.split_dir import MANIFEST, SPLIT_FILES
 from gru4rec.errors import DataFormatError, SplitError
 from gru4rec.io import sha256_file, sha256_json, write_json_atomic, write_parquet_atomic
 

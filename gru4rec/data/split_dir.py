@@ -1,6 +1,6 @@
 """The split directory: the contract between the data half and training/evaluation.
 
-A split directory (written by `gru4rec.data.split.make_split`, read by everything after it) holds:
+A split directory (written by `gru4rec.data.splitter.make_split`, read by everything after it) holds:
 
 - ``train.parquet``, ``valid.parquet``, ``test.parquet`` — one row per event, columns
   ``session_id`` (Int64: dense id, numbered in order of the session's first event time, ties by

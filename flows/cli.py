@@ -127,7 +127,8 @@ def prepare(
     ] = None,
 ) -> None:
     """Ingest → validate → sessionize and split into Parquet (the `prepare_data` flow)."""
-    from gru4rec.data.config import ColumnMapping, PrepareConfig
+    from flows.config import PrepareConfig
+    from gru4rec.data.config import ColumnMapping
 
     try:
         base = json.loads(config.read_text(encoding="utf-8")) if config else {}
@@ -214,7 +215,7 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
 
 
 def print_metrics_table(report: dict, title: str) -> None:
-    from gru4rec.steps import metrics_table
+    from gru4rec.jobs import metrics_table
 
     rows = metrics_table(report)
     # One row per metric, one column per model: fits an 80-column terminal or log file (one
@@ -245,7 +246,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint of an interrupted run.")] = True,
 ) -> None:
     """Train GRU4Rec on an existing split directory; writes weights, config, items and history.json."""
-    from gru4rec.steps import build_config, train_step
+    from gru4rec.jobs import build_config, train_step
 
     try:
         cfg = build_config(
@@ -277,7 +278,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
 ) -> None:
     """Evaluate a model on the split's test set (next item over the full catalogue)."""
-    from gru4rec.steps import evaluate_step
+    from gru4rec.jobs import evaluate_step
 
     try:
         ks = tuple(sorted({int(x) for x in k.split(",") if x.strip()}))
@@ -333,7 +334,7 @@ def run(
     ] = None,
 ) -> None:
     """The whole pipeline: ingest → validate → split → train → evaluate → register (MLflow)."""
-    from gru4rec.pipeline_config import PipelineConfig
+    from flows.config import PipelineConfig
 
     try:
         data = json.loads(config.read_text(encoding="utf-8")) if config else {}
@@ -454,7 +455,7 @@ def _recommend_from_registry(model: str, items: list[str], k: int, exclude_seen:
     from mlflow.exceptions import MlflowException
 
     from gru4rec.errors import ModelFileError
-    from gru4rec.registry import embedded_tracking_uri
+    from tasks.registry import embedded_tracking_uri
 
     uri = tracking_uri or embedded_tracking_uri(Path(workdir) / "mlflow")[0]
     mlflow.set_tracking_uri(uri)

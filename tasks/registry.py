@@ -3,7 +3,7 @@ decide whether it becomes the `champion`.
 
 Embedded by default: a SQLite store and a local artifact directory (no server needed); a
 tracking URI points it at an MLflow server instead. The model is logged as a pyfunc "model from
-code" (`_mlflow_model_code.py`) plus the model directory and the `gru4rec` package as code, with
+code" (`tasks/mlflow_model.py`) plus the model directory and the `gru4rec` package as code, with
 explicit pip requirements, so nothing is pickled and nothing has to be inferred.
 """
 
@@ -85,7 +85,7 @@ def _log_pyfunc(mlflow, model_dir, registry_name: str):
 
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(Path(__file__).with_name("_mlflow_model_code.py")),
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(Path(gru4rec.__file__).parent)],
         pip_requirements=_pip_requirements(),

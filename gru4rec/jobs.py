@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from gru4rec.data.splits import Split, load_split, session_arrays, training_sessions
+from gru4rec.data.split_dir import Split, load_split, session_arrays, training_sessions
 from gru4rec.errors import ModelFileError
 from gru4rec.io import write_json_atomic
 

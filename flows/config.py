@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gru4rec.data.config import IngestConfig, SplitConfig, ValidationConfig
+from gru4rec.data.config import IngestConfig, SplitConfig
+from tasks.validation import ValidationConfig
 
 
 class _Strict(BaseModel):
@@ -55,3 +56,13 @@ class PipelineConfig(_Strict):
         default=True, description="Reuse ingest/validate/split results for the same source content and settings."
     )
     cache_training: bool = Field(default=False, description="Also reuse a trained model for the same split + settings.")
+
+
+class PrepareConfig(_Strict):
+    """Everything `prepare` (ingest → validate → split) needs."""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    out_dir: str = Field(default="runs/prepare", description="Split directory to write.")
+

@@ -65,8 +65,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
-from gru4rec.data.config import RATING_DOMAINS, SourceFormat, ValidationConfig
+from gru4rec.data.config import RATING_DOMAINS, SourceFormat
 from gru4rec.errors import DataFormatError, DataValidationError
 from gru4rec.io import sha256_file, write_json_atomic, write_parquet_atomic
 
@@ -85,6 +86,24 @@ MANIFEST_NAME = "validation_manifest.json"
 RESULT_NAME = "validation_result.json"
 DOCS_DIR = "data_docs"
 _MS_PER_DAY = 86_400_000
+
+
+class ValidationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_rows: int = Field(default=100, ge=1, description="Fewer events than this fails validation.")
+    min_timestamp: str = Field(default="1995-01-01", description="Earliest plausible event time (UTC date).")
+    max_future_days: float = Field(default=1.0, ge=0, description="Events later than now + this fail validation.")
+    rating_min: float | None = Field(default=None, description="Rating domain; None = the source's own domain.")
+    rating_max: float | None = None
+    drop_duplicates: bool = Field(
+        default=False, description="Drop exact duplicate (session, item, time) rows instead of only reporting them."
+    )
+    max_duplicate_fraction: float = Field(
+        default=0.05, ge=0, le=1, description="More duplicate (session, item, time) rows than this fraction fails."
+    )
+    data_docs: bool = Field(default=True, description="Also render GX Data Docs HTML beside the JSON result.")
+
 
 
 def validate_events(
