@@ -1,13 +1,24 @@
-"""Configuration of the end-to-end training pipeline: one pydantic object, rendered by the
-Prefect UI as the run form and logged whole with every run (Prefect parameters, MLflow params)."""
+"""The pipeline's settings: one pydantic model per configuration, each setting declared once.
+
+`PrepareConfig` (ingest → validate → split) and `PipelineConfig` (the whole training pipeline) are
+what the Prefect UI renders as the run form, what `--config FILE` holds, and where every CLI option
+comes from (`flows.cli_options`). Training hyperparameters are not repeated here: a run names a
+preset and overrides its fields (`gru4rec.config.TrainConfig`, `gru4rec.model.ModelConfig`) by
+dotted key, so a setting such as the seed or the device exists in exactly one place.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gru4rec.baselines import BaselineName
+from gru4rec.config import Gru4RecConfig
 from gru4rec.data.config import IngestConfig, SplitConfig
+from gru4rec.errors import ConfigError
+from gru4rec.evaluate import Ties, check_metric_name
+from gru4rec.presets import PresetName, get_preset
 from tasks.validation import ValidationConfig
 
 
@@ -15,24 +26,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelSettings(_Strict):
-    preset: Literal["tutorial", "gru4rec-xe", "gru4rec-bprmax"] = Field(
-        default="gru4rec-xe", description="Starting configuration (see the README's presets)."
+class TrainingSettings(_Strict):
+    preset: PresetName = Field(default="gru4rec-xe", description="Starting configuration (see the README's presets).")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Preset fields to change, by dotted key: {"train.epochs": 5, "train.seed": 7, '
+        '"train.device": "cpu", "model.layers": [200]} (keys: model.* and train.*, see the README).',
     )
-    overrides: dict[str, str] = Field(
-        default_factory=dict, description='Dotted overrides, e.g. {"train.lr": "0.1", "model.layers": "[200]"}.'
-    )
-    epochs: int | None = Field(default=None, ge=1, description="Epochs; None = the preset's.")
-    seed: int = Field(default=42, description="Seed of initialisation, sampling and batching.")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(default="auto", description="Training device.")
-    threads: int | None = Field(default=None, ge=1, description="CPU threads for PyTorch; None = PyTorch's default.")
     full: bool = Field(default=True, description="Train the registered model on train+valid (validation unused).")
+
+    def gru4rec_config(self) -> Gru4RecConfig:
+        """The preset with the overrides applied (a ConfigError names a bad key or value)."""
+        return get_preset(self.preset, self.overrides)
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> TrainingSettings:
+        try:
+            self.gru4rec_config()
+        except ConfigError as e:  # pydantic reports ValueErrors with the field's location
+            raise ValueError(str(e)) from None
+        return self
 
 
 class EvaluationSettings(_Strict):
-    ks: list[int] = Field(default=[1, 5, 10, 20], description="Cut-offs of the metrics.")
-    ties: Literal["conservative", "standard", "median"] = Field(default="conservative")
-    baselines: list[Literal["popularity", "item-knn"]] = Field(default=["popularity", "item-knn"])
+    ks: list[int] = Field(default=[1, 5, 10, 20], description="Cut-offs K of the test metrics.")
+    ties: Ties = Field(default="conservative", description="How items tied with the target rank.")
+    baselines: list[BaselineName] = Field(
+        default=["popularity", "item-knn"], description="Baselines evaluated on the same test targets."
+    )
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(k <= 0 for k in v):
+            raise ValueError(f"ks must be a non-empty list of positive cut-offs, got {v}")
+        return sorted(set(v))
 
 
 class RegistrySettings(_Strict):
@@ -40,15 +68,15 @@ class RegistrySettings(_Strict):
     tracking_uri: str | None = Field(
         default=None, description="MLflow tracking/registry URI; None = embedded SQLite under the workdir."
     )
-    primary_metric: str = Field(default="mrr@20", description="Decides whether a new version becomes champion.")
-    experiment: str = Field(default="gru4rec")
+    primary_metric: str = Field(default="mrr@20", description="Test metric that decides the champion.")
+    experiment: str = Field(default="gru4rec", description="MLflow experiment of the runs.")
 
 
 class PipelineConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    model: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     workdir: str = Field(default="runs", description="Run directories and the embedded MLflow store go here.")
@@ -56,6 +84,12 @@ class PipelineConfig(_Strict):
         default=True, description="Reuse ingest/validate/split results for the same source content and settings."
     )
     cache_training: bool = Field(default=False, description="Also reuse a trained model for the same split + settings.")
+
+    @model_validator(mode="after")
+    def _metric_names(self) -> PipelineConfig:
+        # Found here, before any work, not as a KeyError after training.
+        check_metric_name(self.registry.primary_metric, self.evaluation.ks, setting="registry.primary_metric")
+        return self
 
 
 class PrepareConfig(_Strict):
@@ -65,4 +99,3 @@ class PrepareConfig(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     out_dir: str = Field(default="runs/prepare", description="Split directory to write.")
-

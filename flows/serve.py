@@ -20,7 +20,7 @@ def deployments():
         name="nightly-ml1m",
         cron="0 2 * * *",
         tags=["gru4rec", "nightly"],
-        parameters={"config": {"model": {"preset": "gru4rec-xe"}, "registry": {"name": "gru4rec-ml1m"}}},
+        parameters={"config": {"training": {"preset": "gru4rec-xe"}, "registry": {"name": "gru4rec-ml1m"}}},
     )
     on_demand = training_pipeline.to_deployment(name="on-demand", tags=["gru4rec", "manual"])
     batch = batch_recommend.to_deployment(name="batch-recommend", tags=["gru4rec", "inference"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,13 +21,17 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
 from flows.config import PipelineConfig
+from gru4rec.config import Gru4RecConfig
+from gru4rec.data.splitter import split_stats_table
+from gru4rec.device import select_device
 from gru4rec.errors import DataValidationError
-from gru4rec.io import sha256_file, sha256_json, write_json_atomic
+from gru4rec.io import sha256_file, write_json_atomic
+from gru4rec.jobs import metrics_table
+from tasks.caching import cached_or_recomputed, listed_files_intact, model_dir_intact
 from tasks.common import RETRY_OPTIONS
 from tasks.data import ingest_task, split_task, validate_task
+from tasks.registry import embedded_tracking_uri
 from tasks.training import evaluate_task, register_task, train_task
-
-CACHE_VERSION = "1"  # bump when the meaning of cached outputs changes
 
 
 @task(name="fingerprint-source", **RETRY_OPTIONS)
@@ -45,15 +50,6 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def _cached(task_fn, *args, token: str, expect: str | None = None, **kwargs):
-    """Run a cached task; if the cached result points at files that no longer exist, recompute."""
-    result = task_fn(*args, cache_token=token, **kwargs)
-    path = Path(expect or result)
-    if not path.exists():
-        result = task_fn.with_options(refresh_cache=True)(*args, cache_token=token, **kwargs)
-    return result
 
 
 def _sparkline(values: list[float]) -> str:
@@ -102,8 +98,6 @@ def _history_artifact(history: list[dict]) -> None:
 
 
 def _evaluation_artifact(report: dict) -> list[dict]:
-    from gru4rec.jobs import metrics_table
-
     rows = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in metrics_table(report)]
     create_table_artifact(
         key="evaluation",
@@ -131,133 +125,150 @@ def _registration_artifact(reg: dict, tracking_uri: str) -> None:
     create_markdown_artifact(key="registration", markdown=md, description="MLflow registry decision")
 
 
-@flow(name="training_pipeline", log_prints=True)
-def training_pipeline(config: PipelineConfig | None = None) -> dict:
-    """Raw interaction log → validated split → trained GRU4Rec → evaluated → registered in MLflow."""
-    config = config or PipelineConfig()
-    logger = get_run_logger()
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+@dataclass
+class RunContext:
+    config: PipelineConfig
+    workdir: Path
+    run_dir: Path
+    flow_run_id: str
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _start_run(config: PipelineConfig) -> RunContext:
     flow_run_id = str(get_run_context().flow_run.id)
     workdir = Path(config.workdir).expanduser().resolve()
     run_dir = workdir / "runs" / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{flow_run_id[:8]}"
-    data_dir = run_dir / "data"
-    logger.info("run directory: %s", run_dir)
+    get_run_logger().info("run directory: %s", run_dir)
+    return RunContext(config, workdir, run_dir, flow_run_id)
 
-    # ---- data: cached on content + settings
+
+def _prepare_split(run: RunContext) -> dict:
+    """ingest → validate → split, each cached on content + settings + code (when cache_data)."""
+    config, data_dir = run.config, run.run_dir / "data"
+    cache = dict(use_cache=config.cache_data, cache_scope=str(run.workdir))
     t = time.perf_counter()
-    if config.cache_data:
-        source_key = fingerprint_task(config.ingest)
-        ingest_token = sha256_json(["ingest", CACHE_VERSION, source_key])
-        validate_token = sha256_json([ingest_token, config.validation.model_dump(mode="json")])
-        split_token = sha256_json([validate_token, config.split.model_dump(mode="json")])
-    else:
-        ingest_token = validate_token = split_token = ""
-    ingest_manifest = _cached(ingest_task, config.ingest, str(data_dir / "ingest"), token=ingest_token)
-    timings["ingest"] = time.perf_counter() - t
-
+    source_key = fingerprint_task(config.ingest) if config.cache_data else ""
+    ingest = cached_or_recomputed(
+        ingest_task, listed_files_intact, config.ingest, str(data_dir / "ingest"), source_key=source_key, **cache
+    )
+    run.timings["ingest"] = time.perf_counter() - t
     t = time.perf_counter()
     try:
-        validation_manifest = _cached(
-            validate_task, ingest_manifest, config.validation, str(data_dir / "validation"), token=validate_token
+        validation = cached_or_recomputed(
+            validate_task, listed_files_intact, ingest, config.validation, str(data_dir / "validation"), **cache
         )
     except DataValidationError:
         _validation_artifact(data_dir / "validation" / "validation_manifest.json")
         raise
-    _validation_artifact(Path(validation_manifest))
-    timings["validate"] = time.perf_counter() - t
-
+    _validation_artifact(Path(validation))
+    run.timings["validate"] = time.perf_counter() - t
     t = time.perf_counter()
-    split_manifest = _cached(
-        split_task, ingest_manifest, validation_manifest, config.split, str(data_dir / "split"), token=split_token
+    split = cached_or_recomputed(
+        split_task, listed_files_intact, ingest, validation, config.split, str(data_dir / "split"), **cache
     )
-    split_dir = str(Path(split_manifest).parent)
-    stats = json.loads((Path(split_dir) / "stats.json").read_text(encoding="utf-8"))
-    from gru4rec.data.splitter import split_stats_table
-
+    split_dir = Path(split).parent
+    stats = json.loads((split_dir / "stats.json").read_text(encoding="utf-8"))
     create_table_artifact(key="split-statistics", table=split_stats_table(stats), description=f"Split {split_dir}")
-    split_fingerprint = json.loads(Path(split_manifest).read_text(encoding="utf-8"))["fingerprint"]
-    timings["split"] = time.perf_counter() - t
+    run.timings["split"] = time.perf_counter() - t
+    fingerprint = json.loads(Path(split).read_text(encoding="utf-8"))["fingerprint"]
+    return {"split_dir": str(split_dir), "manifest": split, "validation": validation, "fingerprint": fingerprint}
 
-    # ---- model
-    from gru4rec.device import select_device
-    from gru4rec.jobs import build_config
 
-    m = config.model
-    cfg = build_config(
-        m.preset, m.overrides, epochs=m.epochs, seed=m.seed, device=m.device, threads=m.threads, progress=False
-    )
-    device = str(select_device(m.device))
+def _train(run: RunContext, data: dict) -> tuple[dict, Gru4RecConfig, str]:
+    """Train (or, with cache_training, reuse a model trained on the same split content + config + code)."""
+    logger = get_run_logger()
+    training = run.config.training
+    cfg = training.gru4rec_config()
+    cfg.train.progress = False  # the flow logs epochs; no terminal progress bar in a worker
+    device = str(select_device(cfg.train.device))
     if device == "cpu":
         logger.warning("no GPU found (or device=cpu requested): training on the CPU")
     else:
         logger.info("training on %s", device)
-    train_token = sha256_json([split_token, cfg.model_dump(mode="json"), m.full]) if config.cache_training else ""
-    model_dir = run_dir / "model"
     t = time.perf_counter()
-    summary = train_task(split_dir, cfg.model_dump_json(), str(model_dir), m.full, m.preset, cache_token=train_token)
-    model_dir = Path(summary["model_dir"])
-    if not model_dir.exists():  # a cached result whose files were deleted
-        summary = train_task.with_options(refresh_cache=True)(
-            split_dir, cfg.model_dump_json(), str(run_dir / "model"), m.full, m.preset, cache_token=train_token
-        )
-        model_dir = Path(summary["model_dir"])
-    timings["train"] = time.perf_counter() - t
-    history = summary["history"]
-    _history_artifact(history)
-    train_compute = sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in history)
+    summary = cached_or_recomputed(
+        train_task,
+        lambda s: model_dir_intact(s["model_dir"]),
+        data["split_dir"],
+        cfg.model_dump_json(),
+        str(run.run_dir / "model"),
+        training.full,
+        training.preset,
+        use_cache=run.config.cache_training,
+        cache_scope=str(run.workdir),
+    )
+    run.timings["train"] = time.perf_counter() - t
+    _history_artifact(summary["history"])
+    return summary, cfg, device
 
+
+def _evaluate(run: RunContext, data: dict, model_dir: str) -> dict:
     t = time.perf_counter()
-    e = config.evaluation
-    report = evaluate_task(split_dir, str(model_dir), e.ks, e.ties, list(e.baselines), str(run_dir / "metrics.json"))
-    timings["evaluate"] = time.perf_counter() - t
-    eval_rows = _evaluation_artifact(report)
+    e = run.config.evaluation
+    out = str(run.run_dir / "metrics.json")
+    report = evaluate_task(data["split_dir"], model_dir, e.ks, e.ties, list(e.baselines), out)
+    run.timings["evaluate"] = time.perf_counter() - t
+    return report
 
-    # ---- registry
-    from tasks.registry import embedded_tracking_uri
 
+def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, report: dict, device: str) -> dict:
+    config, model_dir = run.config, Path(summary["model_dir"])
     if config.registry.tracking_uri:
         tracking_uri, artifact_location = config.registry.tracking_uri, None
     else:
-        tracking_uri, artifact_location = embedded_tracking_uri(workdir / "mlflow")
+        tracking_uri, artifact_location = embedded_tracking_uri(run.workdir / "mlflow")
     t = time.perf_counter()
+    metrics = report["metrics"]
     reg = register_task(
         str(model_dir),
-        report["metrics"]["gru4rec"]
-        | {f"popularity_{k}": v for k, v in report["metrics"].get("popularity", {}).items()},
+        metrics["gru4rec"] | {f"popularity_{k}": v for k, v in metrics.get("popularity", {}).items()},
         {"pipeline": config.model_dump(mode="json"), "model": cfg.model_dump(mode="json")},
-        split_fingerprint,
-        sha256_file(split_manifest),
+        data["fingerprint"],
+        sha256_file(data["manifest"]),
         config.registry.model_dump(),
         tracking_uri,
         artifact_location,
-        {"git_commit": _git_commit(), "prefect_flow_run_id": flow_run_id, "preset": m.preset, "device": device},
-        [
-            str(Path(validation_manifest)),
-            str(Path(split_dir) / "stats.json"),
-            str(run_dir / "metrics.json"),
-            str(model_dir / "history.json"),
-        ],
-        f"{m.preset}-{flow_run_id[:8]}",
+        {
+            "git_commit": _git_commit(),
+            "prefect_flow_run_id": run.flow_run_id,
+            "preset": config.training.preset,
+            "device": device,
+        },
+        [data["validation"], str(Path(data["split_dir"]) / "stats.json"), str(run.run_dir / "metrics.json"), str(model_dir / "history.json")],
+        f"{config.training.preset}-{run.flow_run_id[:8]}",
     )
     reg["primary_metric"] = config.registry.primary_metric
-    timings["register"] = time.perf_counter() - t
+    run.timings["register"] = time.perf_counter() - t
     _registration_artifact(reg, tracking_uri)
+    return reg | {"tracking_uri": tracking_uri}
 
-    total = time.perf_counter() - t_start
-    compute = train_compute + timings["evaluate"]
+
+@flow(name="training_pipeline", log_prints=True)
+def training_pipeline(config: PipelineConfig | None = None) -> dict:
+    """Raw interaction log → validated split → trained GRU4Rec → evaluated → registered in MLflow."""
+    run = _start_run(config or PipelineConfig())
+    data = _prepare_split(run)
+    summary, cfg, device = _train(run, data)
+    report = _evaluate(run, data, summary["model_dir"])
+    eval_rows = _evaluation_artifact(report)
+    reg = _register(run, data, summary, cfg, report, device)
+
+    total = time.perf_counter() - run.started
+    train_compute = sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in summary["history"])
+    compute = train_compute + run.timings["evaluate"]
     result = {
-        "run_dir": str(run_dir),
-        "split_dir": split_dir,
-        "model_dir": str(model_dir),
+        "run_dir": str(run.run_dir),
+        "split_dir": data["split_dir"],
+        "model_dir": summary["model_dir"],
         "device": device,
-        "split_fingerprint": split_fingerprint,
+        "split_fingerprint": data["fingerprint"],
         "evaluation": eval_rows,
         "metrics": report["metrics"],
         "registration": reg,
-        "tracking_uri": tracking_uri,
-        "timings": timings | {"total": total, "compute": compute, "overhead": total - compute},
-        "flow_run_id": flow_run_id,
+        "tracking_uri": reg["tracking_uri"],
+        "timings": run.timings | {"total": total, "compute": compute, "overhead": total - compute},
+        "flow_run_id": run.flow_run_id,
     }
-    write_json_atomic(run_dir / "summary.json", result)
+    write_json_atomic(run.run_dir / "summary.json", result)
     return result

@@ -10,12 +10,14 @@ empty because it only looks at the current item.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from gru4rec.data.split_dir import SessionArrays
-from gru4rec.evaluate import StepScorer
+from gru4rec.evaluate import PopularityModel, StepScorer
 
 
 class ItemKNN(StepScorer):
@@ -48,3 +50,18 @@ class ItemKNN(StepScorer):
     def step(self, items: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         rows = self.sim[items.cpu().numpy()].toarray()
         return torch.from_numpy(rows).to(self.device), state
+
+
+# Every baseline by name; evaluation builds each from the same inputs. Adding a baseline = a class
+# above plus one entry here (and in BaselineName).
+BaselineName = Literal["popularity", "item-knn"]
+BASELINES: tuple[str, ...] = get_args(BaselineName)
+
+
+def build_baseline(name: str, *, train_sessions: SessionArrays, n_items: int, item_counts) -> object:
+    """A baseline scorer trained on ``train_sessions`` (the data the model was trained on)."""
+    if name == "popularity":
+        return PopularityModel(item_counts)
+    if name == "item-knn":
+        return ItemKNN(train_sessions, n_items)
+    raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")

@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gru4rec.device import DeviceName
+from gru4rec.evaluate import Ties, check_metric_name
+from gru4rec.losses import RANKING_LOSSES, LossName  # noqa: F401  (RANKING_LOSSES re-exported)
 from gru4rec.model import ModelConfig
-
-LossName = Literal["cross-entropy", "bpr-max", "top1-max", "bpr", "top1"]
-RANKING_LOSSES = ("bpr-max", "top1-max", "bpr", "top1")
 
 
 class TrainConfig(BaseModel):
@@ -41,13 +41,13 @@ class TrainConfig(BaseModel):
     momentum: float = Field(default=0.0, ge=0, lt=1, description="Adagrad momentum (ignored by Adam).")
     epochs: int = Field(default=10, ge=1)
     seed: int = Field(default=42, description="Seeds torch, numpy and random: CPU runs repeat bit for bit.")
-    device: Literal["auto", "cpu", "cuda", "mps"] = Field(default="auto")
+    device: DeviceName = Field(default="auto", description="Training device: auto = CUDA, then MPS, then CPU.")
     threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads when given.")
     bf16: bool = Field(default=False, description="bfloat16 autocast of the forward pass (CUDA only).")
     early_stopping_metric: str = Field(default="mrr@20", description="Validation metric to select the best epoch.")
     patience: int = Field(default=0, ge=0, description="Epochs without improvement before stopping; 0 = off.")
     eval_ks: list[int] = Field(default=[1, 5, 10, 20], description="Cut-offs of the validation metrics.")
-    eval_ties: Literal["conservative", "standard", "median"] = Field(default="conservative")
+    eval_ties: Ties = Field(default="conservative", description="How tied scores rank in validation metrics.")
     progress: bool = Field(default=True, description="Show a progress bar.")
 
     @field_validator("n_sample", mode="before")
@@ -73,6 +73,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        check_metric_name(self.early_stopping_metric, self.eval_ks, setting="train.early_stopping_metric")
         if self.logq > 0 and self.loss != "cross-entropy":
             raise ValueError(f"logq is a cross-entropy option; loss is {self.loss!r} (set logq to 0)")
         if self.elu > 0 and self.loss == "cross-entropy":

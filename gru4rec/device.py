@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from gru4rec.errors import ConfigError
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DEVICES: tuple[str, ...] = get_args(DeviceName)
 
 
 def mps_available() -> bool:
@@ -24,6 +29,6 @@ def select_device(requested: str = "auto") -> torch.device:
         raise ConfigError("device 'cuda' requested but CUDA is not available here; use train.device=auto or cpu")
     if requested == "mps" and not mps_available():
         raise ConfigError("device 'mps' requested but Apple MPS is not available here; use train.device=auto or cpu")
-    if requested not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown device {requested!r}; choose auto, cpu, cuda or mps")
+    if requested not in DEVICES:
+        raise ConfigError(f"unknown device {requested!r}; choose {', '.join(DEVICES)}")
     return torch.device(requested)

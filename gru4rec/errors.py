@@ -6,7 +6,34 @@ from typing import Any
 
 
 class PipelineError(Exception):
-    """Base class: an error whose message is meant for the person running the pipeline."""
+    """Base class: an error whose message is meant for the person running the pipeline.
+
+    ``transient`` says whether trying again may succeed (a network timeout); most of ours are
+    permanent (bad data, bad settings), and `is_transient` is the one place that decides.
+    """
+
+    transient: bool = False
+
+
+# OSErrors that trying again will not fix: a missing file, bad permissions, a bad path.
+PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """True for failures worth retrying (I/O and network hiccups), False for bad data or settings."""
+    if exc is None:
+        return False
+    if isinstance(exc, PipelineError):
+        return bool(exc.transient)
+    if isinstance(exc, PERMANENT_OS_ERRORS):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+
+
+def raise_if_transient(exc: BaseException) -> None:
+    """Call first in an ``except`` that turns errors into permanent ones: transient errors pass unchanged."""
+    if is_transient(exc):
+        raise exc
 
 
 class ConfigError(PipelineError):
@@ -45,6 +72,10 @@ class DataFormatError(PipelineError):
 
 class SourceUnavailableError(PipelineError):
     """A source could not be fetched (offline, bad checksum) and no local copy was named."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        self.transient = transient
+        super().__init__(message)
 
 
 class DataValidationError(PipelineError):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -31,8 +31,19 @@ from gru4rec.data.split_dir import SessionArrays
 from gru4rec.errors import ConfigError, TrainingError
 
 Ties = Literal["conservative", "standard", "median"]
-TIES = ("conservative", "standard", "median")
+TIES: tuple[str, ...] = get_args(Ties)
 DEFAULT_KS = (1, 5, 10, 20)
+# Metrics reported per cut-off K, named "<metric>@<K>" (e.g. "mrr@20").
+METRICS = ("recall", "mrr", "ndcg", "coverage", "popularity")
+
+
+def check_metric_name(name: str, ks: Iterable[int], setting: str = "metric") -> str:
+    """``name`` must be ``<metric>@<K>`` with a known metric and a K that is evaluated; else ValueError."""
+    metric, _, k = name.partition("@")
+    valid = [f"{m}@{kk}" for m in METRICS for kk in sorted(set(ks))]
+    if metric not in METRICS or not k.isdigit() or int(k) not in set(ks):
+        raise ValueError(f"{setting} {name!r} is not an evaluated metric; choose one of {', '.join(valid)}")
+    return name
 
 
 # --------------------------------------------------------------------------------------------

@@ -99,9 +99,9 @@ def evaluate_step(
     batch_size: int = 512,
 ) -> dict:
     """Evaluate a model directory (and baselines, on the same targets) on the split's test set."""
-    from gru4rec.baselines import ItemKNN
+    from gru4rec.baselines import build_baseline
     from gru4rec.device import select_device
-    from gru4rec.evaluate import PopularityModel, evaluate_model
+    from gru4rec.evaluate import evaluate_model
     from gru4rec.persist import load_model
 
     split = load_split(split_dir)
@@ -114,11 +114,10 @@ def evaluate_step(
     common = dict(ks=tuple(ks), ties=ties, batch_size=batch_size, device=dev, item_counts=counts)
 
     results: dict[str, dict] = {"gru4rec": evaluate_model(loaded.model, test, **common)}
-    if "popularity" in baselines:
-        results["popularity"] = evaluate_model(PopularityModel(counts), test, **common)
-    if "item-knn" in baselines:
-        knn = ItemKNN(training_sessions(split, full), split.n_items)
-        results["item-knn"] = evaluate_model(knn, test, **common)
+    train_sessions = training_sessions(split, full) if baselines else None
+    for name in baselines:
+        scorer = build_baseline(name, train_sessions=train_sessions, n_items=split.n_items, item_counts=counts)
+        results[name] = evaluate_model(scorer, test, **common)
     report = {
         "split_dir": str(Path(split_dir).resolve()),
         "split_fingerprint": split.fingerprint(),

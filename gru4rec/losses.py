@@ -31,10 +31,14 @@ A row without any valid negative contributes 0.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
+LossName = Literal["cross-entropy", "bpr-max", "top1-max", "bpr", "top1"]
+LOSSES: tuple[str, ...] = get_args(LossName)
+RANKING_LOSSES = tuple(name for name in LOSSES if name != "cross-entropy")
 
 
 def sampled_columns(targets: torch.Tensor, negatives: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

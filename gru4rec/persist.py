@@ -30,7 +30,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from gru4rec.errors import ConfigError, ModelFileError
+from gru4rec.errors import ConfigError, ModelFileError, raise_if_transient
 from gru4rec.io import sha256_file
 from gru4rec.model import GRU4Rec, ModelConfig
 
@@ -227,6 +227,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         tensors = load_file(str(wpath))
     except Exception as e:  # safetensors raises SafetensorError / OSError for damaged files
+        raise_if_transient(e)
         raise ModelFileError(f"{wpath}: model.safetensors is corrupt or truncated ({e})") from None
     got = sha256_file(wpath)
     if got != config["weights_sha256"]:
@@ -260,6 +261,7 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         items = pl.read_parquet(ipath)
     except Exception as e:
+        raise_if_transient(e)
         raise ModelFileError(f"{ipath}: items.parquet cannot be read ({e})") from None
     if "items_sha256" in config and sha256_file(ipath) != config["items_sha256"]:
         raise ModelFileError(

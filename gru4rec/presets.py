@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -63,6 +63,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
     },
 }
+
+# The preset names as a type (the Prefect form and the CLI offer exactly these).
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 def valid_keys() -> list[str]:

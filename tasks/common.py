@@ -1,30 +1,17 @@
-"""Retry policy shared by the pipeline's tasks: retry transient I/O failures only."""
+"""Retry policy shared by the pipeline's tasks: retry transient failures only.
+
+Which failures are transient is decided in one place, `gru4rec.errors.is_transient`.
+"""
 
 from __future__ import annotations
 
 from prefect.tasks import exponential_backoff
 
-from gru4rec.errors import PipelineError
-
-# Errors that will not go away by trying again: a missing file, bad permissions, a bad path.
-_PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+from gru4rec.errors import is_transient
 
 RETRIES = 3
-RETRY_DELAYS = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s, ... (capped by retries)
+RETRY_DELAYS = exponential_backoff(backoff_factor=2)  # 2 s, 4 s, 8 s
 RETRY_JITTER = 0.5  # ±50% so parallel runs don't retry in lockstep
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """True for failures worth retrying: I/O hiccups, not bad data or bad configuration."""
-    if exc is None:
-        return False
-    if getattr(exc, "transient", False):
-        return True
-    if isinstance(exc, PipelineError):
-        return False
-    if isinstance(exc, _PERMANENT_OS_ERRORS):
-        return False
-    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 
 
 def retry_transient_only(task, task_run, state) -> bool:

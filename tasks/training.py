@@ -3,44 +3,44 @@ and tasks.registry; they pass paths and small JSON summaries, never models or Da
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.caching import ContentKey
 from tasks.common import RETRY_OPTIONS
 
 
-def _token(context, parameters) -> str:
-    # Cached only when the flow passes a token (cache_training); otherwise unique per task run.
-    return parameters["cache_token"] or f"nocache-{context.task_run.id}"
+def _training_content(inputs: dict) -> dict:
+    # The split by content (its fingerprint covers every file), not by path.
+    manifest = json.loads((Path(inputs["split_dir"]) / "manifest.json").read_text(encoding="utf-8"))
+    return {"split": manifest["fingerprint"], "config": json.loads(inputs["config_json"]), "full": inputs["full"]}
 
 
-def _retry_training(task, task_run, state) -> bool:
-    # Training is retried on transient failures (I/O, a lost worker); a retry resumes from the
-    # last epoch's checkpoint, so it costs at most one epoch.
-    from tasks.common import retry_transient_only
-
-    return retry_transient_only(task, task_run, state)
-
-
+# A retry resumes from the last epoch's checkpoint, so it costs at most one epoch.
 @task(
     name="train",
-    retries=2,
-    retry_delay_seconds=RETRY_OPTIONS["retry_delay_seconds"],
-    retry_jitter_factor=RETRY_OPTIONS["retry_jitter_factor"],
-    retry_condition_fn=_retry_training,
-    cache_key_fn=_token,
+    **RETRY_OPTIONS,
     persist_result=True,
+    cache_policy=ContentKey(describe=_training_content, modules=("gru4rec",)),
 )
-def train_task(split_dir: str, config_json: str, model_dir: str, full: bool, preset: str, cache_token: str) -> dict:
+def train_task(
+    split_dir: str,
+    config_json: str,
+    model_dir: str,
+    full: bool,
+    preset: str,
+    use_cache: bool = False,
+    cache_scope: str = "",
+) -> dict:
     """Train (resuming from model_dir's checkpoint if a previous attempt was interrupted)."""
     from gru4rec.config import Gru4RecConfig
     from gru4rec.jobs import train_step
 
     cfg = Gru4RecConfig.model_validate_json(config_json)
-    summary = train_step(split_dir, cfg, model_dir, full=full, preset=preset, resume=True)
-    return {k: v for k, v in summary.items()}
+    return train_step(split_dir, cfg, model_dir, full=full, preset=preset, resume=True)
 
 
 @task(name="evaluate", **RETRY_OPTIONS, cache_policy=NO_CACHE)
@@ -50,7 +50,8 @@ def evaluate_task(split_dir: str, model_dir: str, ks: list[int], ties: str, base
     return evaluate_step(split_dir, model_dir, ks=tuple(ks), ties=ties, baselines=tuple(baselines), out=out)
 
 
-@task(name="register", **RETRY_OPTIONS, cache_policy=NO_CACHE)
+# Not retried: registering creates a new model version each time (not idempotent).
+@task(name="register", retries=0, cache_policy=NO_CACHE)
 def register_task(
     model_dir: str,
     metrics: dict,

@@ -46,3 +46,25 @@ def synthetic_split(directory: Path, n_sessions: int = 120, n_items: int = 30, s
     out = directory / "split"
     make_split({"events": events}, SourceFormat.CSV, cfg, out)
     return out
+
+
+def synthetic_movielens(path: Path, n_users: int = 240, n_items: int = 120, seed: int = 0, days: int = 720) -> Path:
+    """A MovieLens-100K-style ``u.data`` (user, item, rating, unix seconds; tab-separated).
+
+    Each user rates a walk through the catalogue (item i is mostly followed by i+1), spread over a
+    few weeks that start at a random day of a two-year window, so the reference protocol (user
+    sessions, the last 100 days are test) gives non-empty train, validation and test splits.
+    """
+    rng = np.random.default_rng(seed)
+    t0 = 883_000_000  # 1997-12-25
+    rows = []
+    for user in range(1, n_users + 1):
+        start_day = int(rng.integers(0, days - 20))
+        item = int(rng.integers(0, n_items))
+        for j in range(int(rng.integers(8, 25))):
+            item = (item + 1) % n_items if rng.random() < 0.8 else int(rng.integers(0, n_items))
+            when = t0 + (start_day + j) * 86_400 + int(rng.integers(0, 3_600))
+            rows.append(f"{user}\t{item + 1}\t{int(rng.integers(1, 6))}\t{when}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path

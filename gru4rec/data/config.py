@@ -92,7 +92,6 @@ class SplitConfig(_Strict):
     test_days: float | None = Field(default=None, gt=0, description="N: test window in days (MovieLens 100, clicks 1).")
     valid_days: float | None = Field(default=None, gt=0, description="Validation window; None = same as test_days.")
     min_test_sessions: int = Field(default=10, ge=1, description="Fewer test (or validation) sessions is an error.")
-    seed: int = Field(default=42, description="Reserved for randomised steps; splitting itself is deterministic.")
 
 
 def resolve_split_defaults(split: SplitConfig, fmt: SourceFormat, has_test_source: bool) -> SplitConfig:

@@ -51,8 +51,10 @@ def _fetch(url: str, timeout: float) -> urllib.request.addinfourl:
     return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (http/https URLs from config)
 
 
-def _unavailable(what: str, url: str, err: object) -> SourceUnavailableError:
-    return SourceUnavailableError(f"{what} {url} ({err}). {LOCAL_COPY_HINT}")
+def _unavailable(what: str, url: str, err: BaseException) -> SourceUnavailableError:
+    # A timeout, a refused connection or a server error may pass (retried); a 404 or 403 will not.
+    permanent = isinstance(err, urllib.error.HTTPError) and err.code < 500
+    return SourceUnavailableError(f"{what} {url} ({err}). {LOCAL_COPY_HINT}", transient=not permanent)
 
 
 def download_ml1m(

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from gru4rec.errors import DataFormatError
+from gru4rec.errors import DataFormatError, raise_if_transient
 from gru4rec.io import sha256_file
 
 SPLIT_FILES = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet", "stats.json")
@@ -127,5 +127,6 @@ def load_split(directory: str | Path, verify: bool = True) -> Split:
         try:
             tables[name] = pl.read_parquet(p)
         except Exception as e:  # polars raises several types for unreadable files
+            raise_if_transient(e)
             raise DataFormatError(f"cannot read split table: {e}", file=str(p)) from None
     return Split(directory=d, manifest=manifest, **tables)

@@ -56,7 +56,7 @@ import polars as pl
 
 from gru4rec.data.config import SourceFormat, SplitConfig, resolve_split_defaults
 from gru4rec.data.split_dir import MANIFEST, SPLIT_FILES
-from gru4rec.errors import DataFormatError, SplitError
+from gru4rec.errors import DataFormatError, SplitError, raise_if_transient
 from gru4rec.io import sha256_file, sha256_json, write_json_atomic, write_parquet_atomic
 
 MS_PER_DAY = 86_400_000
@@ -81,6 +81,7 @@ def _read_events(path: Path, name: str) -> pl.DataFrame:
     try:
         schema = pl.read_parquet_schema(path)
     except Exception as e:  # polars raises several types for unreadable files
+        raise_if_transient(e)
         raise DataFormatError(f"cannot read {name} events table: {e}", file=str(path)) from None
     missing = [c for c in REQUIRED if c not in schema]
     if missing:
