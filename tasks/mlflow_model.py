@@ -1,7 +1,8 @@
 """MLflow "model from code" for a GRU4Rec model directory (no pickled Python objects).
 
 MLflow stores this file with the model and runs it on load (`set_model` registers the class), so
-the package never imports it.
+the package never imports it. The `gru4rec` modules imported here, and what they import in turn,
+are the code the logged model ships (`tasks.registry.library_import_closure` reads these imports).
 Input: a DataFrame with a column ``items`` (each row one session: a list of item ids, oldest
 first). Output: a DataFrame with ``items`` (top-k item ids), ``scores``, ``unknown_items`` and
 ``fallback`` (True when the session had no known item and popular items were returned).

@@ -3,20 +3,33 @@ decide whether it becomes the `champion`.
 
 Embedded by default: a SQLite store and a local artifact directory (no server needed); a
 tracking URI points it at an MLflow server instead. The model is logged as a pyfunc "model from
-code" (`tasks/mlflow_model.py`) plus the model directory and the `gru4rec` package as code, with
-explicit pip requirements, so nothing is pickled and nothing has to be inferred.
+code" (`tasks/mlflow_model.py`) plus the model directory and the `gru4rec` modules inference
+imports (found from the imports at log time) as code, with explicit pip requirements, so nothing
+is pickled and nothing has to be inferred.
+
+The champion/challenger rule is the pure function `decide_alias`; `log_and_register` logs,
+registers, reads the champion, decides and records. With a `registration_key` it is safe to
+retry: a version already registered under that key is returned (or finished), not duplicated.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
 import re
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+REGISTRATION_KEY_TAG = "registration_key"
+ALIAS_TAG = "alias"  # written last: a version carrying it is fully registered
+MLFLOW_MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
+LIBRARY = "gru4rec"
 
 
 @dataclass
@@ -37,6 +50,24 @@ class RegistrationResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ChampionInfo:
+    """What the decision needs of the current champion version (read from its tags)."""
+
+    version: str
+    split_fingerprint: str | None
+    primary_metric: str | None
+    metric_value: float | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    alias: str
+    reason: str
+    champion_version: str | None
+    champion_metric: float | None
+
+
 def embedded_tracking_uri(base_dir: str | Path) -> tuple[str, str]:
     """SQLite tracking/registry store and artifact root under base_dir."""
     base = Path(base_dir).expanduser().resolve()
@@ -48,6 +79,104 @@ def embedded_tracking_uri(base_dir: str | Path) -> tuple[str, str]:
 def metric_key(name: str) -> str:
     """MLflow metric names cannot hold '@': recall@20 → recall_at_20."""
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))
+
+
+# ---------------------------------------------------------------- the decision (pure)
+
+
+def decide_alias(
+    candidate_value: float,
+    primary_metric: str,
+    split_fingerprint: str,
+    champion: ChampionInfo | None,
+    *,
+    candidate_version: str | None = None,
+) -> Decision:
+    """Champion or challenger for a candidate with `candidate_value` of `primary_metric`.
+
+    Champion if there is no champion yet (or the champion already is this version), or if the
+    champion was evaluated on the same dataset and split (same fingerprint), with the same
+    primary metric, and the candidate is strictly better. Otherwise challenger.
+    """
+    if champion is None or (candidate_version is not None and champion.version == candidate_version):
+        return Decision(CHAMPION, "first version registered: becomes champion", None, None)
+    cv, cm = champion.version, champion.metric_value
+    if champion.split_fingerprint != split_fingerprint:
+        reason = (
+            f"not comparable: champion v{cv} was evaluated on another dataset/split "
+            f"(fingerprint {str(champion.split_fingerprint)[:12]} vs {split_fingerprint[:12]}); "
+            "champion unchanged"
+        )
+        return Decision(CHALLENGER, reason, cv, cm)
+    if champion.primary_metric != primary_metric or cm is None:
+        return Decision(
+            CHALLENGER, f"not comparable: champion v{cv} has no {primary_metric}; champion unchanged", cv, cm
+        )
+    if candidate_value > cm:
+        return Decision(CHAMPION, f"{primary_metric} {candidate_value:.4f} beats champion v{cv} ({cm:.4f})", cv, cm)
+    reason = f"{primary_metric} {candidate_value:.4f} does not beat champion v{cv} ({cm:.4f}); champion unchanged"
+    return Decision(CHALLENGER, reason, cv, cm)
+
+
+# ---------------------------------------------------------------- what the MLflow model ships
+
+
+def _imported_library_modules(path: Path, module: str, is_package: bool) -> set[str]:
+    """Dotted names of `gru4rec` modules (and of names inside them) that a source file imports,
+    anywhere in the file (function-level imports included)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the importing module's package
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join(package + ([node.module] if node.module else []))
+            names.add(base)
+            names |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import submodule`
+    return {n for n in names if n == LIBRARY or n.startswith(LIBRARY + ".")}
+
+
+def _module_file(root: Path, name: str) -> Path | None:
+    base = root.joinpath(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def library_import_closure(entry: Path = MLFLOW_MODEL_FILE) -> list[Path]:
+    """Files of the `gru4rec` package that `entry` needs, transitively, relative to the package's
+    parent directory: the modules it imports, what they import, and their packages' __init__.py."""
+    import gru4rec
+
+    root = Path(gru4rec.__file__).resolve().parent.parent
+    todo = sorted(_imported_library_modules(entry, entry.stem, False))
+    seen: dict[str, Path] = {}
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # the module and every package above it
+            mod = ".".join(parts[:i])
+            path = _module_file(root, mod)
+            if mod in seen or path is None:
+                continue
+            seen[mod] = path
+            todo.extend(_imported_library_modules(path, mod, path.name == "__init__.py"))
+    return sorted(p.relative_to(root) for p in seen.values())
+
+
+def stage_inference_code(dest: Path, files: Iterable[Path] | None = None) -> Path:
+    """Copy the inference closure into dest (keeping the package layout); return dest/gru4rec."""
+    import gru4rec
+
+    root = Path(gru4rec.__file__).resolve().parent.parent
+    for rel in library_import_closure() if files is None else files:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+    return dest / LIBRARY
 
 
 def _pip_requirements() -> list[str]:
@@ -80,18 +209,26 @@ def pyfunc_signature():
     )
 
 
-def _log_pyfunc(mlflow, model_dir, registry_name: str):
-    import gru4rec
+def _log_pyfunc(mlflow, model_dir, registry_name: str, version_tags: dict[str, str] | None = None):
+    """Log the pyfunc and register it; `version_tags` are set atomically with the new version."""
+    with tempfile.TemporaryDirectory(prefix="gru4rec-code-") as tmp, warnings.catch_warnings():
+        # Our predict takes a DataFrame of sessions; the signature is explicit, so MLflow's
+        # hints about type hints and input examples do not apply.
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        warnings.filterwarnings("ignore", message=".*input example.*")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MLFLOW_MODEL_FILE),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(stage_inference_code(Path(tmp)))],
+            pip_requirements=_pip_requirements(),
+            signature=pyfunc_signature(),
+            registered_model_name=registry_name,
+            tags=version_tags or None,
+        )
 
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(__file__).with_name("mlflow_model.py")),
-        artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(Path(gru4rec.__file__).parent)],
-        pip_requirements=_pip_requirements(),
-        signature=pyfunc_signature(),
-        registered_model_name=registry_name,
-    )
+
+# ---------------------------------------------------------------- tracking and registry steps
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -103,6 +240,154 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
     return out
+
+
+def _float_or_none(raw: str | None) -> float | None:
+    return float(raw) if raw not in (None, "") else None
+
+
+def connect(tracking_uri: str | None):
+    """Point the fluent API at tracking_uri (tracking and registry) and return a client for it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location)
+
+
+def log_run(
+    model_dir: str | Path,
+    *,
+    experiment_id: str,
+    registry_name: str,
+    metrics: dict[str, float],
+    config: dict,
+    run_tags: dict[str, str],
+    extra_artifacts: list[str | Path] | None = None,
+    run_name: str | None = None,
+    version_tags: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """One run: params, metrics, tags, config and extra artifacts, and the pyfunc model,
+    registered as a new version of registry_name. Returns (run_id, version)."""
+    import mlflow
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.log_params({k[:250]: v[:6000] for k, v in _flatten(config).items()})
+        mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
+        mlflow.set_tags(run_tags)
+        mlflow.log_dict(config, "config.json")
+        for path in extra_artifacts or []:
+            mlflow.log_artifact(str(path))
+        info = _log_pyfunc(mlflow, model_dir, registry_name, version_tags)
+    return run.info.run_id, str(info.registered_model_version)
+
+
+def read_champion(client, registry_name: str) -> ChampionInfo | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champ = client.get_model_version_by_alias(registry_name, CHAMPION)
+    except MlflowException:
+        return None
+    return ChampionInfo(
+        version=str(champ.version),
+        split_fingerprint=champ.tags.get("split_fingerprint"),
+        primary_metric=champ.tags.get("primary_metric"),
+        metric_value=_float_or_none(champ.tags.get("primary_metric_value")),
+    )
+
+
+def record_decision(client, registry_name: str, version: str, decision: Decision, version_tags: dict[str, str]) -> None:
+    """Tag the version with the decision and its inputs, set the alias, and last the `alias` tag
+    (so a version with an `alias` tag is known to be fully registered)."""
+    tags = {
+        **version_tags,
+        "champion_metric_value": "" if decision.champion_metric is None else repr(decision.champion_metric),
+        "champion_version": decision.champion_version or "",
+        "decision": decision.reason,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(registry_name, version, key, value)
+    client.set_registered_model_alias(registry_name, decision.alias, version)
+    client.set_model_version_tag(registry_name, version, ALIAS_TAG, decision.alias)
+
+
+def find_version_by_key(client, registry_name: str, registration_key: str):
+    """The (first) version of registry_name tagged registration_key, or None."""
+    if "'" in registration_key or "'" in registry_name:
+        raise ValueError(f"registration key and model name cannot contain a quote: {registration_key!r}")
+    found = client.search_model_versions(
+        f"name = '{registry_name}' AND tags.{REGISTRATION_KEY_TAG} = '{registration_key}'"
+    )
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _decision_for(
+    client,
+    registry_name: str,
+    version: str,
+    candidate: float,
+    primary_metric: str,
+    split_fingerprint: str,
+    recorded: dict[str, str],
+) -> Decision:
+    """Decide against the current champion; if a retried registration already made this version
+    champion (it died before its last tag), keep the decision it recorded."""
+    champion = read_champion(client, registry_name)
+    if champion is not None and champion.version == version and "decision" in recorded:
+        return Decision(
+            CHAMPION,
+            recorded["decision"],
+            recorded.get("champion_version") or None,
+            _float_or_none(recorded.get("champion_metric_value")),
+        )
+    return decide_alias(candidate, primary_metric, split_fingerprint, champion, candidate_version=version)
+
+
+def _result(
+    client, tracking_uri, registry_name, version, run_id, decision: Decision, candidate: float, experiment_id=None
+) -> RegistrationResult:
+    import mlflow
+
+    experiment_id = experiment_id or client.get_run(run_id).info.experiment_id
+    run_url = None
+    if tracking_uri and tracking_uri.startswith("http"):
+        run_url = f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return RegistrationResult(
+        registry_name=registry_name,
+        version=version,
+        alias=decision.alias,
+        decision=decision.reason,
+        candidate_metric=candidate,
+        champion_metric=decision.champion_metric,
+        champion_version=decision.champion_version,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        tracking_uri=tracking_uri or mlflow.get_tracking_uri(),
+        run_url=run_url,
+    )
+
+
+def _recorded_result(client, tracking_uri, registry_name: str, mv) -> RegistrationResult:
+    """The result of a completed registration, from its version's tags."""
+    tags = mv.tags
+    decision = Decision(
+        tags[ALIAS_TAG],
+        tags.get("decision", ""),
+        tags.get("champion_version") or None,
+        _float_or_none(tags.get("champion_metric_value")),
+    )
+    candidate = float(tags["primary_metric_value"])
+    return _result(client, tracking_uri, registry_name, str(mv.version), mv.run_id, decision, candidate)
+
+
+# ---------------------------------------------------------------- entry point
 
 
 def log_and_register(
@@ -120,102 +405,52 @@ def log_and_register(
     tags: dict[str, str] | None = None,
     extra_artifacts: list[str | Path] | None = None,
     run_name: str | None = None,
+    registration_key: str | None = None,
 ) -> RegistrationResult:
     """Log the run and model, register a version, and set `champion` or `challenger`.
 
     The new version becomes champion only if there is no champion yet, or if the champion was
     evaluated on the same dataset and split (same fingerprint) and the new version's primary
-    metric is strictly higher. The decision and both numbers are stored as version tags.
-    """
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+    metric is strictly higher (`decide_alias`). The decision and both numbers are stored as
+    version tags.
 
+    With `registration_key`, a retry is safe: if a version tagged with that key exists, nothing
+    new is logged; a fully registered one is returned as it was recorded, and one whose
+    registration was interrupted after the version was created is tagged and aliased now.
+    """
     if primary_metric not in metrics:
         raise KeyError(f"primary metric {primary_metric!r} not among the evaluated metrics {sorted(metrics)}")
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment, artifact_location=artifact_location)
-
+    client = connect(tracking_uri)
     candidate = float(metrics[primary_metric])
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
-        mlflow.log_params({k[:250]: v[:6000] for k, v in _flatten(config).items()})
-        mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
-        mlflow.set_tags(
-            {"split_fingerprint": split_fingerprint, "data_manifest_hash": data_manifest_hash, **(tags or {})}
-        )
-        mlflow.log_dict(config, "config.json")
-        for path in extra_artifacts or []:
-            mlflow.log_artifact(str(path))
-        with warnings.catch_warnings():
-            # Our predict takes a DataFrame of sessions; the signature is explicit, so MLflow's
-            # hints about type hints and input examples do not apply.
-            warnings.filterwarnings("ignore", message=".*type hints.*")
-            warnings.filterwarnings("ignore", message=".*input example.*")
-            info = _log_pyfunc(mlflow, model_dir, registry_name)
-        version = str(info.registered_model_version)
+    existing = find_version_by_key(client, registry_name, registration_key) if registration_key else None
+    if existing is not None and ALIAS_TAG in existing.tags:
+        return _recorded_result(client, tracking_uri, registry_name, existing)
 
-    champion_version = champion_metric = None
-    try:
-        champ = client.get_model_version_by_alias(registry_name, CHAMPION)
-    except MlflowException:
-        champ = None
-    if champ is None or str(champ.version) == version:
-        alias, decision = CHAMPION, "first version registered: becomes champion"
-    else:
-        champion_version = str(champ.version)
-        raw = champ.tags.get("primary_metric_value")
-        champion_metric = float(raw) if raw is not None else None
-        same_split = champ.tags.get("split_fingerprint") == split_fingerprint
-        same_metric = champ.tags.get("primary_metric") == primary_metric
-        if not same_split:
-            alias = CHALLENGER
-            decision = (
-                f"not comparable: champion v{champion_version} was evaluated on another dataset/split "
-                f"(fingerprint {str(champ.tags.get('split_fingerprint'))[:12]} vs {split_fingerprint[:12]}); "
-                "champion unchanged"
-            )
-        elif not same_metric or champion_metric is None:
-            alias = CHALLENGER
-            decision = f"not comparable: champion v{champion_version} has no {primary_metric}; champion unchanged"
-        elif candidate > champion_metric:
-            alias = CHAMPION
-            decision = f"{primary_metric} {candidate:.4f} beats champion v{champion_version} ({champion_metric:.4f})"
-        else:
-            alias = CHALLENGER
-            decision = (
-                f"{primary_metric} {candidate:.4f} does not beat champion v{champion_version} "
-                f"({champion_metric:.4f}); champion unchanged"
-            )
-
-    for key, value in {
+    run_tags = {"split_fingerprint": split_fingerprint, "data_manifest_hash": data_manifest_hash, **(tags or {})}
+    version_tags = {
         "split_fingerprint": split_fingerprint,
         "data_manifest_hash": data_manifest_hash,
         "primary_metric": primary_metric,
         "primary_metric_value": repr(candidate),
-        "champion_metric_value": "" if champion_metric is None else repr(champion_metric),
-        "decision": decision,
-        "alias": alias,
         **(tags or {}),
-    }.items():
-        client.set_model_version_tag(registry_name, version, key, value)
-    client.set_registered_model_alias(registry_name, alias, version)
-
-    run_url = None
-    if tracking_uri and tracking_uri.startswith("http"):
-        run_url = f"{tracking_uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run.info.run_id}"
-    return RegistrationResult(
-        registry_name=registry_name,
-        version=version,
-        alias=alias,
-        decision=decision,
-        candidate_metric=candidate,
-        champion_metric=champion_metric,
-        champion_version=champion_version,
-        run_id=run.info.run_id,
-        experiment_id=exp_id,
-        tracking_uri=tracking_uri or mlflow.get_tracking_uri(),
-        run_url=run_url,
-    )
+    }
+    key_tags = {REGISTRATION_KEY_TAG: registration_key} if registration_key else {}
+    if existing is not None:  # interrupted after the version was created: finish it
+        version, run_id, exp_id, recorded = str(existing.version), existing.run_id, None, dict(existing.tags)
+    else:
+        exp_id = ensure_experiment(client, experiment, artifact_location)
+        run_id, version = log_run(
+            model_dir,
+            experiment_id=exp_id,
+            registry_name=registry_name,
+            metrics=metrics,
+            config=config,
+            run_tags={**run_tags, **key_tags},
+            extra_artifacts=extra_artifacts,
+            run_name=run_name,
+            version_tags=key_tags,
+        )
+        recorded = {}
+    decision = _decision_for(client, registry_name, version, candidate, primary_metric, split_fingerprint, recorded)
+    record_decision(client, registry_name, version, decision, version_tags)
+    return _result(client, tracking_uri, registry_name, version, run_id, decision, candidate, exp_id)
