@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from gru4rec.errors import DataFormatError
+from gru4rec.errors import DataFormatError, raise_if_transient
 from tasks.common import RETRY_OPTIONS
 
 
@@ -22,6 +22,7 @@ def read_sessions(path: str | Path, session_col: str = "session_id", item_col: s
     try:
         df = pl.read_parquet(p) if p.suffix == ".parquet" else pl.read_csv(p, infer_schema_length=10_000)
     except Exception as e:  # polars raises several error types for unreadable files
+        raise_if_transient(e)
         raise DataFormatError(f"cannot read sessions file: {e}", file=str(p)) from None
     for col in (session_col, item_col):
         if col not in df.columns:

@@ -34,6 +34,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's boxed help cuts long option names ("--max-duplicate-fra…") at 80
+    # columns and in pipes; click's never does.
+    rich_markup_mode=None,
 )
 console = Console()
 err_console = Console(stderr=True)
@@ -80,7 +83,7 @@ PREPARE_OPTIONS = options_for(
     PrepareConfig,
     rename={"split.test_days": "days", "out_dir": "out"} | {f"ingest.columns.{c}": f"col-{c}" for c in COLUMN_ROLES},
 )
-HYPERPARAMETER_OPTIONS = options_for(Gru4RecConfig)
+HYPERPARAMETER_OPTIONS = options_for(Gru4RecConfig, default_note="the preset's value")
 PIPELINE_OPTIONS = options_for(
     PipelineConfig,
     rename={"split.test_days": "days", "registry.name": "registry-name", "cache_data": "cache"}

@@ -80,14 +80,16 @@ def _nested_model(annotation: Any) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _help(field: FieldInfo, kind: str, choices: tuple[str, ...] | None) -> str:
+def _help(field: FieldInfo, kind: str, choices: tuple[str, ...] | None, default_note: str | None) -> str:
     text = (field.description or "").rstrip(".")
     if choices and kind == "list":
         text += f" ({', '.join(choices)}; comma-separated)"
     elif kind == "list":
         text += " (comma-separated)"
-    default = field.get_default(call_default_factory=True)
-    if default is not None and not isinstance(default, BaseModel):
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
+    if default_note:
+        text += f"; default {default_note}"
+    elif default is not None and not isinstance(default, BaseModel):
         shown = ",".join(map(str, default)) if isinstance(default, list) else getattr(default, "value", default)
         text += f"; default {shown}"  # not "[default: …]": rich would read that as markup
     return text.strip()
@@ -103,9 +105,16 @@ def _leaves(model: type[BaseModel], prefix: tuple[str, ...]) -> Iterator[tuple[t
 
 
 def options_for(
-    model: type[BaseModel], *, rename: dict[str, str] | None = None, skip: set[str] | None = None
+    model: type[BaseModel],
+    *,
+    rename: dict[str, str] | None = None,
+    skip: set[str] | None = None,
+    default_note: str | None = None,
 ) -> list[ConfigOption]:
-    """One option per leaf field of ``model``; ``rename`` maps a dotted path to its flag."""
+    """One option per leaf field of ``model``; ``rename`` maps a dotted path to its flag.
+
+    ``default_note`` replaces the field's own default in the help (e.g. "the preset's value").
+    """
     rename, skip = rename or {}, skip or set()
     options: list[ConfigOption] = []
     for path, field in _leaves(model, ()):
@@ -115,7 +124,7 @@ def options_for(
             continue
         kind, python_type, choices = described
         flag = rename.get(dotted, path[-1].replace("_", "-"))
-        options.append(ConfigOption(path, flag, kind, python_type, choices, _help(field, kind, choices)))
+        options.append(ConfigOption(path, flag, kind, python_type, choices, _help(field, kind, choices, default_note)))
     flags = [o.flag for o in options]
     clashes = sorted({f for f in flags if flags.count(f) > 1})
     if clashes:
@@ -124,7 +133,7 @@ def options_for(
 
 
 def _typer_parameter(option: ConfigOption) -> inspect.Parameter:
-    kwargs: dict[str, Any] = {"help": option.help, "rich_help_panel": f"{option.panel} settings"}
+    kwargs: dict[str, Any] = {"help": f"[{option.panel}] {option.help}"}
     if option.kind == "bool":
         decl = [f"--{option.flag}/--no-{option.flag}"]
     else:

@@ -237,6 +237,8 @@ def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, re
         },
         [data["validation"], str(Path(data["split_dir"]) / "stats.json"), str(run.run_dir / "metrics.json"), str(model_dir / "history.json")],
         f"{config.training.preset}-{run.flow_run_id[:8]}",
+        # one flow run registers one model: a retried or resumed registration reuses its version
+        f"{run.flow_run_id}-{json.loads((model_dir / 'config.json').read_text())['weights_sha256'][:16]}",
     )
     reg["primary_metric"] = config.registry.primary_metric
     run.timings["register"] = time.perf_counter() - t

@@ -50,8 +50,9 @@ def evaluate_task(split_dir: str, model_dir: str, ks: list[int], ties: str, base
     return evaluate_step(split_dir, model_dir, ks=tuple(ks), ties=ties, baselines=tuple(baselines), out=out)
 
 
-# Not retried: registering creates a new model version each time (not idempotent).
-@task(name="register", retries=0, cache_policy=NO_CACHE)
+# Retried like the others: the registration key makes a retry finish or return the version an
+# earlier attempt created instead of registering a second one.
+@task(name="register", **RETRY_OPTIONS, cache_policy=NO_CACHE)
 def register_task(
     model_dir: str,
     metrics: dict,
@@ -64,6 +65,7 @@ def register_task(
     tags: dict,
     extra_artifacts: list[str],
     run_name: str,
+    registration_key: str,
 ) -> dict:
     from tasks.registry import log_and_register
 
@@ -81,5 +83,6 @@ def register_task(
         tags=tags,
         extra_artifacts=[p for p in extra_artifacts if Path(p).exists()],
         run_name=run_name,
+        registration_key=registration_key,
     )
     return result.to_dict()

@@ -122,3 +122,57 @@ def test_env_var_wins(tmp_path, monkeypatch, server):
     monkeypatch.setenv(ENV_ML1M_PATH, str(tmp_path / "nope.zip"))
     with pytest.raises(SourceUnavailableError, match=ENV_ML1M_PATH):
         resolve_ml1m(tmp_path / "cache", url=server["url"])
+
+
+def test_network_failures_are_transient_and_a_404_is_not(tmp_path, server):
+    from gru4rec.errors import is_transient
+
+    with socket.socket() as s:  # refused connection
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(SourceUnavailableError) as refused:
+        download_ml1m(tmp_path / "a", url=f"http://127.0.0.1:{port}/ml-1m.zip", timeout=5)
+    assert is_transient(refused.value)
+
+    with socket.socket() as silent:  # accepts the connection, never answers: a timeout
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/ml-1m.zip"
+        with pytest.raises(SourceUnavailableError, match="timed out") as timed_out:
+            download_ml1m(tmp_path / "b", url=url, md5_url=url + ".md5", timeout=0.5)
+    assert is_transient(timed_out.value)
+
+    with pytest.raises(SourceUnavailableError, match="404") as missing:
+        download_ml1m(tmp_path / "c", url=server["url"].replace("ml-1m.zip", "missing.zip"))
+    assert not is_transient(missing.value)
+
+
+def test_download_task_retries_a_server_error(tmp_path, server, prefect_harness, monkeypatch):
+    """A 503 on the first request is retried by the Prefect task and the second attempt succeeds."""
+    import urllib.error
+
+    from prefect import flow
+
+    import gru4rec.data.download as download
+    import gru4rec.data.ingest as ingest
+    from flows.training import fingerprint_task
+    from gru4rec.data.config import IngestConfig
+
+    real_fetch, failures = download._fetch, {"left": 1}
+
+    def flaky_fetch(url, timeout):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise urllib.error.HTTPError(url, 503, "Service Unavailable", {}, None)
+        return real_fetch(url, timeout)
+
+    monkeypatch.setattr(download, "_fetch", flaky_fetch)
+    monkeypatch.setattr(ingest, "resolve_ml1m", lambda data_dir: download.resolve_ml1m(data_dir, url=server["url"]))
+    monkeypatch.delenv(ENV_ML1M_PATH, raising=False)
+
+    @flow
+    def fingerprint_once() -> str:
+        return fingerprint_task.with_options(retry_delay_seconds=0)(IngestConfig(data_dir=str(tmp_path)))
+
+    assert len(fingerprint_once()) == 64
+    assert failures["left"] == 0 and (tmp_path / "ml-1m.zip").read_bytes() == server["zip"]

@@ -192,3 +192,25 @@ def test_batch_recommend_covers_every_session(first_run, tmp_path):
     assert all(len(x) == 5 for x in recs["items"].to_list())
     assert summary["fallbacks"] == 1 and summary["unknown_items"] == 1
     assert recs.filter(pl.col("session_id") == 2)["fallback"].item() is True
+
+
+def test_registration_failing_after_the_version_exists_is_retried_without_a_duplicate(first_run, monkeypatch):
+    import tasks.registry as registry
+    from flows.training import training_pipeline
+
+    workdir, src, _ = first_run
+    _, before = _versions(workdir)
+    real, calls = registry.record_decision, []
+
+    def lost_connection_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionResetError("tracking server connection lost (injected)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "record_decision", lost_connection_once)
+    result = training_pipeline(_config(workdir, src))
+    client, after = _versions(workdir)
+    assert len(calls) == 2 and len(after) == len(before) + 1, "the retry must finish the version it created"
+    version = client.get_model_version("ml100k", result["registration"]["version"])
+    assert version.tags["alias"] == result["registration"]["alias"] and version.tags["decision"]

@@ -84,8 +84,8 @@ class SplitConfig(_Strict):
     )
     gap_minutes: float = Field(default=30.0, gt=0, description="For session='gap': split where the gap exceeds this.")
     remove_repeats: bool = Field(default=False, description="Drop consecutive repeats of the same item in a session.")
-    min_session_length: int = Field(default=2, ge=1)
-    min_item_support: int = Field(default=5, ge=1)
+    min_session_length: int = Field(default=2, ge=1, description="Sessions with fewer events are dropped.")
+    min_item_support: int = Field(default=5, ge=1, description="Items with fewer events are dropped (repeatedly).")
     split: Literal["session-end", "global-cut", "given"] | None = Field(
         default=None, description="None = 'session-end' for MovieLens, 'global-cut' for click logs, 'given' with test_source."
     )
