@@ -58,14 +58,14 @@ def prepare(name: str, workdir: Path) -> Path:
 
 
 def run(name: str, preset: str, seed: int, split_dir: Path, threads: int) -> dict:
-    from gru4rec.jobs import build_config, evaluate_step, train_step
+    from gru4rec.jobs import build_config, evaluate_on_split, train_on_split
 
     cfg = build_config(preset, {}, seed=seed, threads=threads, progress=False, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        summary = train_step(split_dir, cfg, Path(tmp) / "model", full=True, preset=preset)
+        summary = train_on_split(split_dir, cfg, Path(tmp) / "model", full=True, preset=preset)
         train_s = time.perf_counter() - t
-        report = evaluate_step(split_dir, Path(tmp) / "model", ks=(20,), ties="conservative", device="cpu")
+        report = evaluate_on_split(split_dir, Path(tmp) / "model", ks=(20,), ties="conservative", device="cpu")
     m = report["metrics"]
     return {
         "dataset": name, "preset": preset, "seed": seed, "train_seconds": train_s,

@@ -208,14 +208,14 @@ def train(
     given: dict,
 ) -> None:
     """Train GRU4Rec on an existing split directory; writes weights, config, items and history.json."""
-    from gru4rec.jobs import train_step
+    from gru4rec.jobs import train_on_split
     from gru4rec.presets import get_preset
 
     hyper, _ = _split_hyperparameters(given)
     preset = preset or TrainingSettings.model_fields["preset"].default
     try:
         cfg = get_preset(preset, _overrides(set_, hyper))
-        summary = train_step(split, cfg, out, full=full, resume=resume, preset=preset)
+        summary = train_on_split(split, cfg, out, full=full, resume=resume, preset=preset)
     except PipelineError as e:
         _fail(str(e))
     print_history_table(summary)
@@ -232,11 +232,11 @@ def evaluate(
     given: dict,
 ) -> None:
     """Evaluate a model on the split's test set (next item over the full catalogue)."""
-    from gru4rec.jobs import evaluate_step
+    from gru4rec.jobs import evaluate_on_split
 
     settings = _validated(EvaluationSettings, given)
     try:
-        report = evaluate_step(
+        report = evaluate_on_split(
             split, model, ks=tuple(settings.ks), ties=settings.ties, out=out, device=device,
             baselines=tuple(settings.baselines),
         )

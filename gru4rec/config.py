@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gru4rec.device import DeviceName
 from gru4rec.evaluate import Ties, check_metric_name
-from gru4rec.losses import RANKING_LOSSES, LossName  # noqa: F401  (RANKING_LOSSES re-exported)
+from gru4rec.losses import LossName
 from gru4rec.model import ModelConfig
 
 

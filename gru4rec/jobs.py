@@ -1,4 +1,4 @@
-"""The train and evaluate steps on files: split directory in, model directory / metrics out.
+"""Training and evaluation as jobs on files: split directory in, model directory / metrics out.
 
 Plain functions (no Prefect) shared by the CLI (`gru4rec-pipeline train|evaluate`) and the
 pipeline's Prefect tasks. They take and return paths and small JSON-able summaries.
@@ -6,7 +6,6 @@ pipeline's Prefect tasks. They take and return paths and small JSON-able summari
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def build_config(preset: str, overrides: dict[str, Any] | None = None, **train_s
     return get_preset(preset, merged)
 
 
-def train_step(
+def train_on_split(
     split_dir: str | Path,
     cfg,
     model_dir: str | Path,
@@ -87,7 +86,7 @@ def _check_compatible(split: Split, loaded, model_dir: Path) -> None:
         )
 
 
-def evaluate_step(
+def evaluate_on_split(
     split_dir: str | Path,
     model_dir: str | Path,
     *,
@@ -147,7 +146,3 @@ def metrics_table(report: dict, ks: tuple[int, ...] | None = None) -> list[dict]
         row[f"popularity@{kmax}"] = m.get(f"popularity@{kmax}")
         rows.append(row)
     return rows
-
-
-def load_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

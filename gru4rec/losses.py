@@ -38,7 +38,6 @@ import torch.nn.functional as F
 
 LossName = Literal["cross-entropy", "bpr-max", "top1-max", "bpr", "top1"]
 LOSSES: tuple[str, ...] = get_args(LossName)
-RANKING_LOSSES = tuple(name for name in LOSSES if name != "cross-entropy")
 
 
 def sampled_columns(targets: torch.Tensor, negatives: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

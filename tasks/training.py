@@ -37,17 +37,17 @@ def train_task(
 ) -> dict:
     """Train (resuming from model_dir's checkpoint if a previous attempt was interrupted)."""
     from gru4rec.config import Gru4RecConfig
-    from gru4rec.jobs import train_step
+    from gru4rec.jobs import train_on_split
 
     cfg = Gru4RecConfig.model_validate_json(config_json)
-    return train_step(split_dir, cfg, model_dir, full=full, preset=preset, resume=True)
+    return train_on_split(split_dir, cfg, model_dir, full=full, preset=preset, resume=True)
 
 
 @task(name="evaluate", **RETRY_OPTIONS, cache_policy=NO_CACHE)
 def evaluate_task(split_dir: str, model_dir: str, ks: list[int], ties: str, baselines: list[str], out: str) -> dict:
-    from gru4rec.jobs import evaluate_step
+    from gru4rec.jobs import evaluate_on_split
 
-    return evaluate_step(split_dir, model_dir, ks=tuple(ks), ties=ties, baselines=tuple(baselines), out=out)
+    return evaluate_on_split(split_dir, model_dir, ks=tuple(ks), ties=ties, baselines=tuple(baselines), out=out)
 
 
 # Retried like the others: the registration key makes a retry finish or return the version an

@@ -71,11 +71,11 @@ def test_splitter_input_passes_transient_io_errors_through(tmp_path, monkeypatch
 
 def test_loading_a_model_passes_transient_io_errors_through(tmp_path, monkeypatch):
     import gru4rec.persist as persist
-    from gru4rec.jobs import build_config, train_step
+    from gru4rec.jobs import build_config, train_on_split
 
     split_dir = synthetic_split(tmp_path)
     cfg = build_config("gru4rec-xe", {"model.layers": "[4]", "train.n_sample": "0"}, epochs=1, progress=False)
-    train_step(split_dir, cfg, tmp_path / "m")
+    train_on_split(split_dir, cfg, tmp_path / "m")
     monkeypatch.setattr(persist, "load_file", _eio)
     with pytest.raises(OSError, match="injected") as e:
         persist.load_model(tmp_path / "m")

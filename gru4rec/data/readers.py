@@ -320,7 +320,7 @@ def _epoch_s(e: pl.Expr) -> pl.Expr:
     return e * 1000
 
 
-def _ml_build(p: dict[str, pl.Expr], u: str, i: str, r: str, t: str, rating_float: bool) -> list[pl.Expr]:
+def _ml_build(p: dict[str, pl.Expr], u: str, i: str, r: str, t: str) -> list[pl.Expr]:
     return [
         p[u].alias("session_key"),
         p[i].alias("item_id"),
@@ -340,7 +340,7 @@ _SPECS: dict[SourceFormat, _Delimited] = {
         False,
         _ML1M_FIELDS,
         (("UserID", "int"), ("MovieID", "int"), ("Rating", "float"), ("Timestamp", "int")),
-        lambda p: _ml_build(p, "UserID", "MovieID", "Rating", "Timestamp", False),
+        lambda p: _ml_build(p, "UserID", "MovieID", "Rating", "Timestamp"),
     ),
     SourceFormat.ML_100K: _Delimited(
         SourceFormat.ML_100K,
@@ -348,7 +348,7 @@ _SPECS: dict[SourceFormat, _Delimited] = {
         False,
         _ML100K_FIELDS,
         (("user_id", "int"), ("item_id", "int"), ("rating", "float"), ("timestamp", "int")),
-        lambda p: _ml_build(p, "user_id", "item_id", "rating", "timestamp", False),
+        lambda p: _ml_build(p, "user_id", "item_id", "rating", "timestamp"),
     ),
     SourceFormat.ML_LATEST: _Delimited(
         SourceFormat.ML_LATEST,
@@ -356,7 +356,7 @@ _SPECS: dict[SourceFormat, _Delimited] = {
         True,
         tuple(ML_LATEST_HEADER),
         (("userId", "int"), ("movieId", "int"), ("rating", "float"), ("timestamp", "int")),
-        lambda p: _ml_build(p, "userId", "movieId", "rating", "timestamp", True),
+        lambda p: _ml_build(p, "userId", "movieId", "rating", "timestamp"),
     ),
     SourceFormat.YOOCHOOSE: _Delimited(
         SourceFormat.YOOCHOOSE,

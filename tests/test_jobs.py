@@ -13,7 +13,7 @@ from gru4rec.baselines import ItemKNN
 from gru4rec.data.split_dir import SessionArrays
 from gru4rec.errors import ConfigError, ModelFileError
 from gru4rec.evaluate import evaluate_model
-from gru4rec.jobs import build_config, evaluate_step, train_step
+from gru4rec.jobs import build_config, evaluate_on_split, train_on_split
 from tests.synthetic import synthetic_split
 
 TINY = {"model.layers": "[16]", "train.n_sample": "0", "train.batch_size": "8", "train.lr": "0.1"}
@@ -40,13 +40,13 @@ def test_item_knn_similarity_by_hand():
 
 def test_train_then_evaluate_beats_popularity(split_dir, tmp_path):
     cfg = build_config("gru4rec-xe", TINY, epochs=4, progress=False, seed=3)
-    summary = train_step(split_dir, cfg, tmp_path / "model", preset="gru4rec-xe")
+    summary = train_on_split(split_dir, cfg, tmp_path / "model", preset="gru4rec-xe")
     hist = json.loads((tmp_path / "model" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     assert all("valid_mrr@20" in h and h["events_per_s"] > 0 for h in hist)
     assert summary["split_fingerprint"] and summary["trained_on"] == "train"
 
-    report = evaluate_step(split_dir, tmp_path / "model", ks=(1, 5), out=tmp_path / "metrics.json")
+    report = evaluate_on_split(split_dir, tmp_path / "model", ks=(1, 5), out=tmp_path / "metrics.json")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metrics"].keys() == {"gru4rec", "popularity", "item-knn"}
     m = report["metrics"]
@@ -57,7 +57,7 @@ def test_train_then_evaluate_beats_popularity(split_dir, tmp_path):
 
 def test_full_training_counts_valid_items(split_dir, tmp_path):
     cfg = build_config("gru4rec-xe", TINY, epochs=1, progress=False)
-    summary = train_step(split_dir, cfg, tmp_path / "full", full=True)
+    summary = train_on_split(split_dir, cfg, tmp_path / "full", full=True)
     assert summary["trained_on"] == "train+valid"
     assert all("valid_mrr@20" not in h for h in summary["history"])
 
@@ -67,9 +67,9 @@ def test_bad_override_and_mismatched_model(split_dir, tmp_path):
         build_config("gru4rec-xe", {"train.lrr": "0.1"})
     other = synthetic_split(tmp_path / "other", n_items=17, seed=5)
     cfg = build_config("gru4rec-xe", TINY, epochs=1, progress=False)
-    train_step(other, cfg, tmp_path / "other-model")
+    train_on_split(other, cfg, tmp_path / "other-model")
     with pytest.raises(ModelFileError, match="another item index"):
-        evaluate_step(split_dir, tmp_path / "other-model")
+        evaluate_on_split(split_dir, tmp_path / "other-model")
 
 
 def test_cli_train_and_evaluate(split_dir, tmp_path):
