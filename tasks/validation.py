@@ -45,16 +45,22 @@ On failure the JSON (and HTML) are still written, then `DataValidationError` is 
 failed check with counts and a few offending values; it carries ``failures`` and ``report_path``.
 
 GX's own md5 fingerprint of the whole pandas batch (most of its run time on large tables) is
-switched off during the run; see `_no_batch_fingerprint`.
+switched off during the run by lowering GX's private ``HASH_THRESHOLD`` under a module lock (GX
+1.x has no public switch for it); see `_no_batch_fingerprint`.
 
 GX is imported inside the function (importing it takes seconds), in a background thread that overlaps
 the first table's read, Polars checks and pandas conversion. Its progress bars are disabled via
 the context's ``progress_bars`` config and its loggers are quieted to ERROR while it runs.
+
+I/O errors are not caught here: an OSError while reading or writing a table (other than a missing
+file, which is reported as `DataFormatError`) reaches the caller unchanged, so the task's retry
+policy can tell a transient failure from bad data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -95,7 +101,7 @@ class ValidationConfig(BaseModel):
     min_timestamp: str = Field(default="1995-01-01", description="Earliest plausible event time (UTC date).")
     max_future_days: float = Field(default=1.0, ge=0, description="Events later than now + this fail validation.")
     rating_min: float | None = Field(default=None, description="Rating domain; None = the source's own domain.")
-    rating_max: float | None = None
+    rating_max: float | None = Field(default=None, description="Upper end of the rating domain (see rating_min).")
     drop_duplicates: bool = Field(
         default=False, description="Drop exact duplicate (session, item, time) rows instead of only reporting them."
     )
@@ -103,7 +109,6 @@ class ValidationConfig(BaseModel):
         default=0.05, ge=0, le=1, description="More duplicate (session, item, time) rows than this fraction fails."
     )
     data_docs: bool = Field(default=True, description="Also render GX Data Docs HTML beside the JSON result.")
-
 
 
 def validate_events(
@@ -134,106 +139,139 @@ def validate_events(
     if not tables_in:
         raise DataFormatError("ingest manifest lists no tables to validate", hint="Re-run ingest.")
 
-    bounds = _bounds(cfg, fmt)
-    timings = {
-        "read_s": 0.0,
-        "polars_s": 0.0,
-        "to_pandas_s": 0.0,
-        "gx_import_s": 0.0,
-        "gx_import_wait_s": 0.0,
-        "gx_s": 0.0,
-        "dedup_write_s": 0.0,
-    }
-
-    # GX's import (seconds of pure Python) runs in a thread while the first table is read, checked in
-    # Polars and converted to pandas (native code that releases the GIL); joined before GX is used.
-    gx_import = _GxImport()
-
-    checks: list[dict] = []
-    gx_results: dict[str, dict] = {}
-    duplicates: dict[str, dict] = {}
-    tables_out: dict[str, dict] = {}
-    docs_dir = out_dir / DOCS_DIR
-    context = None
-
+    run = _Run(cfg=cfg, bounds=_bounds(cfg, fmt), out_dir=out_dir)  # starts GX's import in a thread
     for role, entry in tables_in.items():
-        path = ingest_dir / entry["file"]
-        if not path.is_file():
-            raise DataFormatError(f"ingested table {role!r} not found", file=str(path), hint="Re-run ingest.")
-        t = time.perf_counter()
-        df = pl.read_parquet(path)
-        timings["read_s"] += time.perf_counter() - t
+        _validate_table(run, role, entry, ingest_dir)
+    result_path = write_json_atomic(out_dir / RESULT_NAME, run.gx_results)
+    docs_index = _build_data_docs(run)
+    run.timings["total_s"] = time.perf_counter() - t_start
 
-        t = time.perf_counter()
-        table_checks, dup_mask, dup_count = _polars_checks(role, df, entry, cfg)
-        timings["polars_s"] += time.perf_counter() - t
-        type_ok = {c: df.schema[c] in allowed for c, allowed in ALLOWED_DTYPES.items() if c in df.schema}
-
-        t = time.perf_counter()
-        pdf = _to_pandas(df)
-        timings["to_pandas_s"] += time.perf_counter() - t
-
-        if context is None:
-            timings["gx_import_s"], timings["gx_import_wait_s"] = gx_import.join()
-            with _quiet_gx():
-                context = _make_context(docs_dir if cfg.data_docs else None)
-        t = time.perf_counter()
-        with _quiet_gx():
-            result = _run_gx(context, role, pdf, df.schema, type_ok, bounds, cfg)
-        timings["gx_s"] += time.perf_counter() - t
-        del pdf
-        gx_results[role] = result.to_json_dict()
-        checks.extend(_gx_checks(role, result, df.schema, bounds) + table_checks)
-
-        dropped = False
-        out_entry = {"file": str(path.resolve()), "rows": df.height, "sha256": entry.get("sha256")}
-        if cfg.drop_duplicates and dup_count:
-            t = time.perf_counter()
-            dedup = df.filter(~dup_mask)
-            dest = out_dir / f"{Path(entry['file']).stem}.dedup.parquet"
-            write_parquet_atomic(dedup, dest, compression="lz4")  # an intermediate, like ingest's
-            out_entry = {"file": dest.name, "rows": dedup.height, "sha256": sha256_file(dest)}
-            dropped = True
-            timings["dedup_write_s"] += time.perf_counter() - t
-        duplicates[role] = {
-            "count": dup_count,
-            "fraction": (dup_count / df.height) if (dup_count is not None and df.height) else None,
-            "dropped": dropped,
-        }
-        tables_out[role] = out_entry
-        del df, dup_mask
-
-    result_path = write_json_atomic(out_dir / RESULT_NAME, gx_results)
-
-    docs_index = None
-    timings["data_docs_s"] = 0.0
-    if cfg.data_docs:
-        t = time.perf_counter()
-        with _quiet_gx():
-            context.build_data_docs()
-        timings["data_docs_s"] = time.perf_counter() - t
-        if (docs_dir / "index.html").is_file():
-            docs_index = f"{DOCS_DIR}/index.html"
-    timings["total_s"] = time.perf_counter() - t_start
-    timings = {k: round(v, 4) for k, v in timings.items()}
-
-    success = all(c["success"] for c in checks)
-    manifest = {
-        "success": success,
-        "checks": checks,
-        "duplicates": duplicates,
-        "timings": timings,
-        "window": bounds["public"],
-        "reports": {"validation_result": RESULT_NAME, "data_docs_index": docs_index},
-        "tables": tables_out,
-    }
+    manifest = _manifest(run, docs_index)
     write_json_atomic(out_dir / MANIFEST_NAME, manifest)
-    if not success:
-        failures = [c for c in checks if not c["success"]]
+    if not manifest["success"]:
+        failures = [c for c in run.checks if not c["success"]]
         raise DataValidationError(
-            _failure_message(checks, out_dir, result_path, docs_index), failures, str(result_path)
+            _failure_message(run.checks, out_dir, result_path, docs_index), failures, str(result_path)
         )
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------
+# One run, table by table
+
+_TIMING_KEYS = (
+    "read_s",
+    "polars_s",
+    "to_pandas_s",
+    "gx_import_s",
+    "gx_import_wait_s",
+    "gx_s",
+    "dedup_write_s",
+    "data_docs_s",
+)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one `validate_events` call accumulates over its tables."""
+
+    cfg: ValidationConfig
+    bounds: dict
+    out_dir: Path
+    # GX's import (seconds of pure Python) runs in a thread while the first table is read, checked in
+    # Polars and converted to pandas (native code that releases the GIL); joined before GX is used.
+    gx_import: _GxImport = dataclasses.field(default_factory=lambda: _GxImport())
+    context: Any = None  # the ephemeral GX context, made once GX is imported
+    timings: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(_TIMING_KEYS, 0.0))
+    checks: list[dict] = dataclasses.field(default_factory=list)
+    gx_results: dict[str, dict] = dataclasses.field(default_factory=dict)
+    duplicates: dict[str, dict] = dataclasses.field(default_factory=dict)
+    tables: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    @property
+    def docs_dir(self) -> Path:
+        return self.out_dir / DOCS_DIR
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``timings[key]``."""
+    t = time.perf_counter()
+    yield
+    timings[key] += time.perf_counter() - t
+
+
+def _validate_table(run: _Run, role: str, entry: dict, ingest_dir: Path) -> None:
+    """Read one ingested table, check it in Polars and GX, and record its checks and output file."""
+    path = ingest_dir / entry["file"]
+    if not path.is_file():
+        raise DataFormatError(f"ingested table {role!r} not found", file=str(path), hint="Re-run ingest.")
+    with _timed(run.timings, "read_s"):
+        df = pl.read_parquet(path)
+    with _timed(run.timings, "polars_s"):
+        table_checks, dup_mask, dup_count = _polars_checks(role, df, entry, run.cfg)
+
+    result = _gx_validate(run, role, df)
+    run.gx_results[role] = result.to_json_dict()
+    run.checks.extend(_gx_checks(role, result, df.schema) + table_checks)
+
+    run.tables[role], dropped = _table_output(run, entry, path, df, dup_mask, dup_count)
+    run.duplicates[role] = {
+        "count": dup_count,
+        "fraction": (dup_count / df.height) if (dup_count is not None and df.height) else None,
+        "dropped": dropped,
+    }
+
+
+def _gx_validate(run: _Run, role: str, df: pl.DataFrame):
+    """Convert one table to pandas and run its GX suite; the first table waits for GX's import."""
+    type_ok = {c: df.schema[c] in allowed for c, allowed in ALLOWED_DTYPES.items() if c in df.schema}
+    with _timed(run.timings, "to_pandas_s"):
+        pdf = _to_pandas(df)
+    if run.context is None:
+        run.timings["gx_import_s"], run.timings["gx_import_wait_s"] = run.gx_import.join()
+        with _quiet_gx():
+            run.context = _make_context(run.docs_dir if run.cfg.data_docs else None)
+    with _timed(run.timings, "gx_s"), _quiet_gx():
+        return _run_gx(run.context, role, pdf, df.schema, type_ok, run.bounds, run.cfg)
+
+
+def _table_output(
+    run: _Run, entry: dict, path: Path, df: pl.DataFrame, dup_mask: pl.Series | None, dup_count: int | None
+) -> tuple[dict, bool]:
+    """The table downstream steps read, and whether it is a deduplicated copy.
+
+    The ingest file itself (absolute path), or - when ``cfg.drop_duplicates`` is set and the table
+    has duplicates - ``<stem>.dedup.parquet`` in out_dir (path relative to out_dir).
+    """
+    if not (run.cfg.drop_duplicates and dup_count):
+        return {"file": str(path.resolve()), "rows": df.height, "sha256": entry.get("sha256")}, False
+    with _timed(run.timings, "dedup_write_s"):
+        dedup = df.filter(~dup_mask)
+        dest = run.out_dir / f"{Path(entry['file']).stem}.dedup.parquet"
+        write_parquet_atomic(dedup, dest, compression="lz4")  # an intermediate, like ingest's
+        return {"file": dest.name, "rows": dedup.height, "sha256": sha256_file(dest)}, True
+
+
+def _build_data_docs(run: _Run) -> str | None:
+    """Render the Data Docs site (when asked for); its index page relative to out_dir, or None."""
+    if not run.cfg.data_docs:
+        return None
+    with _timed(run.timings, "data_docs_s"), _quiet_gx():
+        run.context.build_data_docs()
+    return f"{DOCS_DIR}/index.html" if (run.docs_dir / "index.html").is_file() else None
+
+
+def _manifest(run: _Run, docs_index: str | None) -> dict:
+    return {
+        "success": all(c["success"] for c in run.checks),
+        "checks": run.checks,
+        "duplicates": run.duplicates,
+        "timings": {k: round(v, 4) for k, v in run.timings.items()},
+        "window": run.bounds["public"],
+        "reports": {"validation_result": RESULT_NAME, "data_docs_index": docs_index},
+        "tables": run.tables,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,18 +370,33 @@ class _GxImport:
         return self.seconds, time.perf_counter() - t
 
 
+_GX_LOGGERS = ("great_expectations", "great_expectations.core")
+_QUIET_LOCK = threading.Lock()
+_quiet = {"users": 0, "levels": []}  # guarded by _QUIET_LOCK
+
+
 @contextlib.contextmanager
 def _quiet_gx() -> Iterator[None]:
-    """Silence GX's own logging (INFO/WARNING chatter) while it runs; restore the levels after."""
-    loggers = [logging.getLogger(n) for n in ("great_expectations", "great_expectations.core")]
-    before = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    """Silence GX's own logging (INFO/WARNING chatter) while it runs; restore the levels after.
+
+    Safe when validations overlap in several threads: the first to enter saves the levels and the
+    last to leave restores them (entering and leaving one at a time would restore ERROR for good).
+    """
+    loggers = [logging.getLogger(n) for n in _GX_LOGGERS]
+    with _QUIET_LOCK:
+        if _quiet["users"] == 0:
+            _quiet["levels"] = [lg.level for lg in loggers]
+            for lg in loggers:
+                lg.setLevel(logging.ERROR)
+        _quiet["users"] += 1
     try:
         yield
     finally:
-        for lg, level in zip(loggers, before, strict=True):
-            lg.setLevel(level)
+        with _QUIET_LOCK:
+            _quiet["users"] -= 1
+            if _quiet["users"] == 0:
+                for lg, level in zip(loggers, _quiet["levels"], strict=True):
+                    lg.setLevel(level)
 
 
 def _make_context(docs_dir: Path | None):
@@ -417,6 +470,10 @@ def _run_gx(context, role, pdf, schema, type_ok, bounds, cfg: ValidationConfig):
         return vd.run(batch_parameters={"dataframe": pdf}, result_format=RESULT_FORMAT)
 
 
+# Held for the whole time GX's HASH_THRESHOLD is lowered (see `_no_batch_fingerprint`).
+_FINGERPRINT_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _no_batch_fingerprint() -> Iterator[None]:
     """Skip GX's md5 fingerprint of the whole pandas batch while validating.
@@ -424,23 +481,31 @@ def _no_batch_fingerprint() -> Iterator[None]:
     GX's PandasExecutionEngine hashes every DataFrame smaller than its module constant
     HASH_THRESHOLD (1e9 bytes) with ``pd.util.hash_pandas_object`` + md5, only to store a
     ``pandas_data_fingerprint`` batch marker. On 31M events x 3 Int64 columns that is ~4 s of the
-    ~5 s GX spends; the expectations themselves take ~0.6 s. The constant is lowered for the
-    duration of the run and restored after (the ingest manifest already carries a file sha256).
+    ~5 s GX spends; the expectations themselves take ~0.6 s (3M rows: the hash ~0.2 s, GX 0.1 s
+    with the patch vs 0.3-0.6 s without). The ingest manifest already carries a file sha256.
+
+    GX 1.x offers no public switch: every pandas asset type (dataframe, parquet, csv, ...) loads its
+    batch through ``PandasExecutionEngine.get_batch_data_and_markers``, which fingerprints whenever
+    ``df.memory_usage().sum() < HASH_THRESHOLD``; batch definitions and ``batch_parameters`` do not
+    reach it. So the private constant is lowered to 0 for the run and restored after. It is one
+    process-wide value, so the change happens under `_FINGERPRINT_LOCK`, held until it is restored:
+    validations in two threads take turns in GX instead of one restoring the constant under the
+    other (or restoring 0 for good). A GX without the constant keeps its default (slower, correct).
     """
     try:
         from great_expectations.execution_engine import pandas_execution_engine as engine
-    except ImportError:  # pragma: no cover - a GX layout without the constant: keep its default
+    except ImportError:  # pragma: no cover - a GX layout without the module: keep its default
+        engine = None
+    if getattr(engine, "HASH_THRESHOLD", None) is None:  # pragma: no cover - GX renamed the constant
         yield
         return
-    before = getattr(engine, "HASH_THRESHOLD", None)
-    if before is None:  # pragma: no cover
-        yield
-        return
-    engine.HASH_THRESHOLD = 0
-    try:
-        yield
-    finally:
-        engine.HASH_THRESHOLD = before
+    with _FINGERPRINT_LOCK:
+        before = engine.HASH_THRESHOLD
+        engine.HASH_THRESHOLD = 0
+        try:
+            yield
+        finally:
+            engine.HASH_THRESHOLD = before
 
 
 # --------------------------------------------------------------------------------------------------
@@ -450,7 +515,7 @@ def _no_batch_fingerprint() -> Iterator[None]:
 def _plain(value: Any) -> Any:
     """numpy/pandas scalars -> JSON-able Python values (NaN/NA -> None)."""
     if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(TypeError, ValueError):  # not a one-element numpy/pandas value
             value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -472,62 +537,65 @@ def _fmt_bound(col: str, value: float | int | None) -> str:
     return _ms_to_text(int(value)) if col == "timestamp" else f"{value:g}"
 
 
-def _gx_checks(role: str, result, schema: pl.Schema, bounds: dict) -> list[dict]:
-    records = []
-    for r in result.results:
-        etype = r.expectation_config.type
-        kw = r.expectation_config.kwargs
-        col = kw.get("column")
-        res = r.result or {}
-        observed = res.get("observed_value")
-        count = res.get("unexpected_count")
-        examples = [_plain(v) for v in (res.get("partial_unexpected_list") or [])][:N_EXAMPLES]
-        exc = (r.exception_info or {}) if not r.success else {}
-        if exc.get("raised_exception") or any(isinstance(v, dict) and v.get("raised_exception") for v in exc.values()):
-            msgs = [exc.get("exception_message")] + [
-                v.get("exception_message") for v in exc.values() if isinstance(v, dict)
-            ]
-            observed = "error: " + "; ".join(m for m in msgs if m)
-        if etype == "expect_table_columns_to_match_set":
-            missing = [c for c in KEY_COLUMNS if c not in schema]
-            desc = f"columns {', '.join(KEY_COLUMNS)} present"
-            detail = f"missing {missing}, found {list(schema.names())}"
-            observed = {"columns": list(schema.names()), "missing": missing}
-        elif etype == "expect_column_values_to_be_in_type_list":
-            allowed = " or ".join(str(d) for d in ALLOWED_DTYPES[col])
-            desc = f"{col} type {allowed}"
-            observed = str(schema[col])
-            detail = f"got {observed}"
-        elif etype == "expect_column_values_to_not_be_null":
-            desc = f"{col} not null"
-            detail = f"{count} nulls"
-            examples = [_plain(i) for i in (res.get("partial_unexpected_index_list") or [])][:N_EXAMPLES]
-            examples = [f"row {i}" for i in examples]
-        elif etype == "expect_column_values_to_be_between":
-            desc = f"{col} between {_fmt_bound(col, kw.get('min_value'))} and {_fmt_bound(col, kw.get('max_value'))}"
-            detail = f"{count} rows outside, e.g. {examples}"
-        elif etype == "expect_table_row_count_to_be_between":
-            desc = f"at least {kw.get('min_value')} rows"
-            detail = f"got {observed}"
-        else:  # pragma: no cover - the suite holds only the kinds above
-            desc, detail = etype, f"observed {observed}"
-        if isinstance(observed, str) and observed.startswith("error: "):
-            detail = observed
-        records.append(
-            {
-                "table": role,
-                "expectation": etype,
-                "engine": "great_expectations",
-                "description": desc,
-                "column": col,
-                "success": bool(r.success),
-                "observed": _plain(observed) if not isinstance(observed, (list, dict)) else observed,
-                "unexpected_count": int(count) if count is not None else None,
-                "examples": examples,
-                "detail": detail,
-            }
-        )
-    return records
+def _gx_checks(role: str, result, schema: pl.Schema) -> list[dict]:
+    """One check record per expectation result of a GX suite run."""
+    return [_gx_check(role, r, schema) for r in result.results]
+
+
+def _gx_check(role: str, r, schema: pl.Schema) -> dict:
+    etype = r.expectation_config.type
+    kw = r.expectation_config.kwargs
+    res = r.result or {}
+    count = res.get("unexpected_count")
+    examples = [_plain(v) for v in (res.get("partial_unexpected_list") or [])][:N_EXAMPLES]
+    observed = _gx_error(r) or res.get("observed_value")
+    desc, detail, observed, examples = _describe(etype, kw, res, schema, observed, count, examples)
+    if isinstance(observed, str) and observed.startswith("error: "):
+        detail = observed
+    return {
+        "table": role,
+        "expectation": etype,
+        "engine": "great_expectations",
+        "description": desc,
+        "column": kw.get("column"),
+        "success": bool(r.success),
+        "observed": _plain(observed) if not isinstance(observed, (list, dict)) else observed,
+        "unexpected_count": int(count) if count is not None else None,
+        "examples": examples,
+        "detail": detail,
+    }
+
+
+def _gx_error(r) -> str | None:
+    """'error: <messages>' when GX raised inside a failed expectation or its metrics, else None."""
+    exc = (r.exception_info or {}) if not r.success else {}
+    nested = [v for v in exc.values() if isinstance(v, dict)]
+    if not (exc.get("raised_exception") or any(v.get("raised_exception") for v in nested)):
+        return None
+    msgs = [exc.get("exception_message")] + [v.get("exception_message") for v in nested]
+    return "error: " + "; ".join(m for m in msgs if m)
+
+
+def _describe(etype: str, kw: dict, res: dict, schema: pl.Schema, observed: Any, count, examples: list):
+    """(description, detail, observed, examples) of one GX expectation result, in the table's terms."""
+    col = kw.get("column")
+    if etype == "expect_table_columns_to_match_set":
+        missing = [c for c in KEY_COLUMNS if c not in schema]
+        found = list(schema.names())
+        desc = f"columns {', '.join(KEY_COLUMNS)} present"
+        return desc, f"missing {missing}, found {found}", {"columns": found, "missing": missing}, examples
+    if etype == "expect_column_values_to_be_in_type_list":
+        observed = str(schema[col])
+        return f"{col} type {' or '.join(str(d) for d in ALLOWED_DTYPES[col])}", f"got {observed}", observed, examples
+    if etype == "expect_column_values_to_not_be_null":
+        rows = [f"row {_plain(i)}" for i in (res.get("partial_unexpected_index_list") or [])][:N_EXAMPLES]
+        return f"{col} not null", f"{count} nulls", observed, rows
+    if etype == "expect_column_values_to_be_between":
+        desc = f"{col} between {_fmt_bound(col, kw.get('min_value'))} and {_fmt_bound(col, kw.get('max_value'))}"
+        return desc, f"{count} rows outside, e.g. {examples}", observed, examples
+    if etype == "expect_table_row_count_to_be_between":
+        return f"at least {kw.get('min_value')} rows", f"got {observed}", observed, examples
+    return etype, f"observed {observed}", observed, examples  # pragma: no cover - the suite holds only the above
 
 
 def _duplicate_mask(df: pl.DataFrame) -> pl.Series:
