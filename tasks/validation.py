@@ -531,9 +531,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _fmt_bound(col: str, value: float | int | None) -> str:
+def _fmt_bound(col: str, value: float | int | None, missing: str) -> str:
     if value is None:
-        return "-inf"
+        return missing  # an open end of the range: "-inf" below, "inf" above
     return _ms_to_text(int(value)) if col == "timestamp" else f"{value:g}"
 
 
@@ -591,7 +591,8 @@ def _describe(etype: str, kw: dict, res: dict, schema: pl.Schema, observed: Any,
         rows = [f"row {_plain(i)}" for i in (res.get("partial_unexpected_index_list") or [])][:N_EXAMPLES]
         return f"{col} not null", f"{count} nulls", observed, rows
     if etype == "expect_column_values_to_be_between":
-        desc = f"{col} between {_fmt_bound(col, kw.get('min_value'))} and {_fmt_bound(col, kw.get('max_value'))}"
+        low, high = _fmt_bound(col, kw.get("min_value"), "-inf"), _fmt_bound(col, kw.get("max_value"), "inf")
+        desc = f"{col} between {low} and {high}"
         return desc, f"{count} rows outside, e.g. {examples}", observed, examples
     if etype == "expect_table_row_count_to_be_between":
         return f"at least {kw.get('min_value')} rows", f"got {observed}", observed, examples

@@ -257,3 +257,9 @@ def test_module_import_is_light():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_open_ended_rating_domain_is_described_as_such(tmp_path):
+    df = clean_events(120, string_ids=True).with_columns(rating=pl.lit(-1.0))
+    err, _ = run_failing(tmp_path, {"events": df}, ValidationConfig(rating_min=0, data_docs=False), SourceFormat.CSV)
+    assert "rating between 0 and inf: 120 rows outside" in str(err)
