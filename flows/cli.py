@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -344,24 +345,36 @@ def _recommend_from_directory(model: str, items: list[str], k: int, exclude_seen
     return {"items": rec.items, "scores": rec.scores, "unknown_items": rec.unknown_items, "fallback": rec.fallback}
 
 
+REGISTRY_REFERENCE = re.compile(r"^[\w.-]+(@[\w.-]+|/\d+)?$")  # NAME, NAME@alias, NAME/version
+
+
+def _registry_uri(model: str, tracking_uri: str | None, workdir: str) -> tuple[str, str]:
+    """(tracking URI, models:/ URI) for a registry reference; a clear error for anything else."""
+    from gru4rec.errors import ModelFileError
+
+    if not REGISTRY_REFERENCE.match(model):
+        raise ModelFileError(f"model directory {model} not found (and it is not a NAME[@alias] or NAME/version)")
+    if tracking_uri is None:
+        store = Path(workdir) / "mlflow" / "mlflow.db"
+        if not store.is_file():  # never create an empty store just to look something up
+            raise ModelFileError(
+                f"no MLflow store at {store}: run `gru4rec-pipeline run` first, or pass --workdir/--tracking-uri"
+            )
+        tracking_uri = f"sqlite:///{store.resolve()}"
+    name, _, alias = model.partition("@")
+    return tracking_uri, f"models:/{model}" if "/" in model else f"models:/{name}@{alias or 'champion'}"
+
+
 def _recommend_from_registry(model: str, items: list[str], k: int, exclude_seen: bool, tracking_uri, workdir) -> dict:
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
     from gru4rec.errors import ModelFileError
-    from tasks.registry import embedded_tracking_uri
 
-    uri = tracking_uri or embedded_tracking_uri(Path(workdir) / "mlflow")[0]
+    uri, model_uri = _registry_uri(model, tracking_uri, workdir)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if "@" in model:
-        name, alias = model.split("@", 1)
-        model_uri = f"models:/{name}@{alias}"
-    elif "/" in model:
-        model_uri = f"models:/{model}"
-    else:
-        model_uri = f"models:/{model}@champion"
     try:
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as e:

@@ -9,6 +9,7 @@ dotted key, so a setting such as the seed or the device exists in exactly one pl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,6 +25,12 @@ from tasks.validation import ValidationConfig
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _not_a_file(value: str, setting: str) -> str:
+    if Path(value).expanduser().is_file():
+        raise ValueError(f"{setting} {value!r} is an existing file; it must be a directory (new or ours)")
+    return value
 
 
 class TrainingSettings(_Strict):
@@ -85,6 +92,11 @@ class PipelineConfig(_Strict):
     )
     cache_training: bool = Field(default=False, description="Also reuse a trained model for the same split + settings.")
 
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, v: str) -> str:
+        return _not_a_file(v, "workdir")
+
     @model_validator(mode="after")
     def _metric_names(self) -> PipelineConfig:
         # Found here, before any work, not as a KeyError after training.
@@ -99,3 +111,8 @@ class PrepareConfig(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     out_dir: str = Field(default="runs/prepare", description="Split directory to write.")
+
+    @field_validator("out_dir")
+    @classmethod
+    def _out_dir(cls, v: str) -> str:
+        return _not_a_file(v, "out_dir")

@@ -30,7 +30,7 @@ from gru4rec.jobs import metrics_table
 from tasks.caching import cached_or_recomputed, listed_files_intact, model_dir_intact
 from tasks.common import RETRY_OPTIONS
 from tasks.data import ingest_task, split_task, validate_task
-from tasks.registry import embedded_tracking_uri
+from tasks.registry import store_locations
 from tasks.training import evaluate_task, register_task, train_task
 
 
@@ -214,10 +214,7 @@ def _evaluate(run: RunContext, data: dict, model_dir: str) -> dict:
 
 def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, report: dict, device: str) -> dict:
     config, model_dir = run.config, Path(summary["model_dir"])
-    if config.registry.tracking_uri:
-        tracking_uri, artifact_location = config.registry.tracking_uri, None
-    else:
-        tracking_uri, artifact_location = embedded_tracking_uri(run.workdir / "mlflow")
+    tracking_uri, artifact_location = store_locations(config.registry.tracking_uri, run.workdir)
     t = time.perf_counter()
     metrics = report["metrics"]
     reg = register_task(

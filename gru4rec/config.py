@@ -40,7 +40,9 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=0.2, gt=0, description="Learning rate.")
     momentum: float = Field(default=0.0, ge=0, lt=1, description="Adagrad momentum (ignored by Adam).")
     epochs: int = Field(default=10, ge=1)
-    seed: int = Field(default=42, description="Seeds torch, numpy and random: CPU runs repeat bit for bit.")
+    seed: int = Field(
+        default=42, ge=0, le=2**63 - 1, description="Seeds torch, numpy and random: CPU runs repeat bit for bit."
+    )
     device: DeviceName = Field(default="auto", description="Training device: auto = CUDA, then MPS, then CPU.")
     threads: int | None = Field(default=None, ge=1, description="torch.set_num_threads when given.")
     bf16: bool = Field(default=False, description="bfloat16 autocast of the forward pass (CUDA only).")

@@ -13,7 +13,8 @@ import numpy as np
 import polars as pl
 
 from gru4rec.data.split_dir import Split, load_split, session_arrays, training_sessions
-from gru4rec.errors import ModelFileError
+from gru4rec.device import select_device
+from gru4rec.errors import ConfigError, ModelFileError
 from gru4rec.io import write_json_atomic
 
 DEFAULT_KS = (1, 5, 10, 20)
@@ -57,6 +58,7 @@ def train_on_split(
     from gru4rec.persist import save_model
     from gru4rec.trainer import train
 
+    select_device(cfg.train.device)  # an absent device is an error before anything is created
     split = load_split(split_dir)
     model_dir = Path(model_dir)
     work = Path(work_dir) if work_dir else model_dir.with_name(model_dir.name + ".work")
@@ -99,10 +101,11 @@ def evaluate_on_split(
 ) -> dict:
     """Evaluate a model directory (and baselines, on the same targets) on the split's test set."""
     from gru4rec.baselines import build_baseline
-    from gru4rec.device import select_device
     from gru4rec.evaluate import evaluate_model
     from gru4rec.persist import load_model
 
+    if out is not None and Path(out).is_dir():
+        raise ConfigError(f"--out {out} is a directory; name the JSON file to write")
     split = load_split(split_dir)
     dev = select_device(device)
     loaded = load_model(model_dir, device=dev)

@@ -76,6 +76,19 @@ def embedded_tracking_uri(base_dir: str | Path) -> tuple[str, str]:
     return f"sqlite:///{base / 'mlflow.db'}", (base / "artifacts").as_uri()
 
 
+def store_locations(tracking_uri: str | None, workdir: str | Path) -> tuple[str, str | None]:
+    """(tracking URI, artifact root) of a run: the embedded store under the workdir by default; a
+    SQLite URI keeps its artifacts beside the database (not in ./mlruns of the current directory);
+    a server decides its own artifact root."""
+    if tracking_uri is None:
+        return embedded_tracking_uri(Path(workdir) / "mlflow")
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///")).expanduser().resolve()
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}", (db.parent / "artifacts").as_uri()
+    return tracking_uri, None
+
+
 def metric_key(name: str) -> str:
     """MLflow metric names cannot hold '@': recall@20 → recall_at_20."""
     return re.sub(r"[^0-9A-Za-z_\-. /]", "_", name.replace("@", "_at_"))

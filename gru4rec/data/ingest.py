@@ -17,6 +17,7 @@ from pathlib import Path
 from gru4rec.data.config import IngestConfig, SourceFormat, default_data_dir
 from gru4rec.data.download import resolve_ml1m
 from gru4rec.data.readers import detect_format, read_events
+from gru4rec.errors import DataFormatError
 from gru4rec.io import sha256_file, sha256_json, write_json_atomic, write_parquet_atomic
 
 MANIFEST_NAME = "ingest_manifest.json"
@@ -32,6 +33,9 @@ def resolve_sources(cfg: IngestConfig) -> dict[str, Path]:
         sources["test"] = Path(cfg.test_source).expanduser()
     if cfg.valid_source:
         sources["valid"] = Path(cfg.valid_source).expanduser()
+    for role, path in sources.items():
+        if path.is_dir():
+            raise DataFormatError(f"the {role} source is a directory, not a file: name the log file itself", file=str(path))
     return sources
 
 
