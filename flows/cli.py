@@ -63,11 +63,36 @@ class _NoTracebackForUserErrors(logging.Filter):
         return True
 
 
+EPHEMERAL_STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
 def _prefect_env() -> None:
     # Quiet, serverless defaults; the user's own settings win.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not os.environ.get("PREFECT_API_URL"):  # ephemeral mode: a temporary server in a subprocess
+        # Prefect waits 20 s for it; on a busy machine that start takes longer (issue: lost races).
+        os.environ.setdefault(EPHEMERAL_STARTUP_TIMEOUT, "180")
+        # Automations need a real server; in the temporary one the triggers service only races the
+        # shutdown ("Reactive triggers not started").
+        os.environ.setdefault("PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED", "false")
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
+
+
+def _run_flow(flow_fn, config):
+    """Run a flow; our errors and a temporary server that did not start become one clear line."""
+    try:
+        return flow_fn(config)
+    except PipelineError as e:
+        _fail(str(e))
+    except RuntimeError as e:
+        if "ephemeral Prefect API server" not in str(e):
+            raise
+        _fail(
+            f"the temporary Prefect server did not start within {os.environ.get(EPHEMERAL_STARTUP_TIMEOUT)} s "
+            f"(a busy machine?): raise {EPHEMERAL_STARTUP_TIMEOUT}, or start `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
 
 
 def print_split_table(rows: list[dict], title: str) -> None:
@@ -126,10 +151,7 @@ def prepare(
     _prefect_env()
     from flows.prepare import prepare_data
 
-    try:
-        result = prepare_data(cfg)
-    except PipelineError as e:
-        _fail(str(e))
+    result = _run_flow(prepare_data, cfg)
     print_split_table(result["table"], title=f"Split written to {result['split_dir']}")
     removed = result["stats"].get("removed") or result["stats"].get("filters")
     if removed:
@@ -270,10 +292,7 @@ def run(
     _prefect_env()
     from flows.training import training_pipeline
 
-    try:
-        result = training_pipeline(cfg)
-    except PipelineError as e:
-        _fail(str(e))
+    result = _run_flow(training_pipeline, cfg)
     print_run_summary(result, cfg)
 
 
