@@ -64,6 +64,7 @@ import dataclasses
 import datetime as dt
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -241,11 +242,13 @@ def _table_output(
 ) -> tuple[dict, bool]:
     """The table downstream steps read, and whether it is a deduplicated copy.
 
-    The ingest file itself (absolute path), or - when ``cfg.drop_duplicates`` is set and the table
-    has duplicates - ``<stem>.dedup.parquet`` in out_dir (path relative to out_dir).
+    The ingest file itself, or - when ``cfg.drop_duplicates`` is set and the table has duplicates -
+    ``<stem>.dedup.parquet`` in out_dir; either path relative to out_dir, so that the ingest and
+    validation directories can move together (prepare publishes them only when all steps passed).
     """
     if not (run.cfg.drop_duplicates and dup_count):
-        return {"file": str(path.resolve()), "rows": df.height, "sha256": entry.get("sha256")}, False
+        relative = os.path.relpath(path.resolve(), run.out_dir.resolve())
+        return {"file": relative, "rows": df.height, "sha256": entry.get("sha256")}, False
     with _timed(run.timings, "dedup_write_s"):
         dedup = df.filter(~dup_mask)
         dest = run.out_dir / f"{Path(entry['file']).stem}.dedup.parquet"

@@ -1,8 +1,7 @@
-"""Integration: the `prepare_data` flow and the `prepare` CLI on real MovieLens-100K data."""
+"""Integration: the `prepare_data` flow and the `prepare` CLI on real MovieLens-100K and synthetic data."""
 
 from __future__ import annotations
 
-import gzip
 import json
 
 import pytest
@@ -13,6 +12,7 @@ from gru4rec.data.config import IngestConfig
 from gru4rec.data.split_dir import load_split
 from gru4rec.errors import DataValidationError
 from tests.conftest import shared_file
+from tests.synthetic import synthetic_movielens
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +38,55 @@ def test_prepare_data_flow_on_ml100k(prefect_harness, tmp_path):
     assert set(split.test["item_idx"].to_list()) <= set(split.items["item_idx"].to_list())
 
 
-def test_validation_failure_stops_flow_and_keeps_earlier_split(prefect_harness, tmp_path):
-    from flows.prepare import prepare_data
+def _tree(directory):
+    """Every file under directory (except failed attempts) → its bytes."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and ".attempts" not in p.parts
+    }
 
-    src = shared_file("ml-100k/u.data.gz")
+
+def test_failed_prepare_leaves_every_file_of_the_last_good_run(prefect_harness, tmp_path):
+    from flows.prepare import prepare_data
+    from gru4rec.errors import SplitError
+
+    src = synthetic_movielens(tmp_path / "good" / "u.data")
     out = tmp_path / "split"
     prepare_data(PrepareConfig(ingest=IngestConfig(source=str(src)), out_dir=str(out)))
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    before = _tree(out)
+    assert "ingest/events.parquet" in before and "validation/validation_manifest.json" in before
+    assert not any((out / ".attempts").iterdir()), "a successful attempt cleans up after itself"
 
-    # Same data with a few timestamps in 1970: the suite must fail and nothing downstream run.
-    lines = gzip.decompress(src.read_bytes()).decode().splitlines()
+    # Same data with a few timestamps in 1970: the suite fails and nothing downstream runs.
+    lines = src.read_text().splitlines()
     for i in (3, 10, 20):
         u, it, r, _ = lines[i].split("\t")
         lines[i] = f"{u}\t{it}\t{r}\t100"
-    bad = tmp_path / "u.data"
+    bad = tmp_path / "bad" / "u.data"
+    bad.parent.mkdir()
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataValidationError) as info:
         prepare_data(PrepareConfig(ingest=IngestConfig(source=str(bad)), out_dir=str(out)))
-    assert "timestamp" in str(info.value)
-    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert after == before, "a failed validation must leave the earlier split untouched"
-    assert (out / "validation" / "validation_result.json").exists()
+    assert "timestamp" in str(info.value) and f"Nothing in {out} was changed" in str(info.value)
+    assert _tree(out) == before, "every file of the last good run must stay byte-identical"
+    (attempt,) = (out / ".attempts").iterdir()
+    assert str(attempt) in str(info.value) and (attempt / "validation" / "validation_result.json").is_file()
+
+    # A split that cannot be made (a test window with no sessions) leaves it untouched too.
+    with pytest.raises(SplitError):
+        prepare_data(PrepareConfig(ingest=IngestConfig(source=str(src)), split={"test_days": 0.0001}, out_dir=str(out)))
+    assert _tree(out) == before
+
+    # A later good run replaces the files and leaves the failed attempts alone.
+    other = synthetic_movielens(tmp_path / "other" / "u.data", seed=3)
+    prepare_data(PrepareConfig(ingest=IngestConfig(source=str(other)), out_dir=str(out)))
+    after = _tree(out)
+    assert after["train.parquet"] != before["train.parquet"]
+    stable = lambda tree: {name for name in tree if "data_docs" not in name}  # noqa: E731  (Data Docs names hold times)
+    assert stable(after) == stable(before)
+    assert load_split(out).manifest["lineage"]["sources"]["events"]["path"] == str(other)
+    assert len(list((out / ".attempts").iterdir())) == 2
 
 
 def test_prepare_cli_gap_global_cut(prefect_harness, tmp_path):

@@ -89,7 +89,7 @@ def test_clean_table_passes_and_writes_reports(tmp_path, monkeypatch):
     assert any(c["column"] == "rating" and "between 1 and 5" in c["description"] for c in result["checks"])
     assert result["duplicates"] == {"events": {"count": 0, "fraction": 0.0, "dropped": False}}
     table = result["tables"]["events"]
-    assert Path(table["file"]) == (ingest_dir / "events.parquet").resolve()
+    assert (out / table["file"]).resolve() == (ingest_dir / "events.parquet").resolve()  # relative to out
     assert table["rows"] == 200 and table["sha256"] == manifest["tables"]["events"]["sha256"]
     for key in ("to_pandas_s", "gx_s", "data_docs_s", "gx_import_s", "total_s"):
         assert result["timings"][key] >= 0
