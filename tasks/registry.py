@@ -15,6 +15,7 @@ retry: a version already registered under that key is returned (or finished), no
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.metadata
 import json
 import re
@@ -30,6 +31,8 @@ REGISTRATION_KEY_TAG = "registration_key"
 ALIAS_TAG = "alias"  # written last: a version carrying it is fully registered
 MLFLOW_MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 LIBRARY = "gru4rec"
+STORE_LOCK_TIMEOUT_S = 600  # a registration holds it for seconds; a stuck one is an error, not a hang
+CAS_ATTEMPTS = 5
 
 
 @dataclass
@@ -259,14 +262,39 @@ def _float_or_none(raw: str | None) -> float | None:
     return float(raw) if raw not in (None, "") else None
 
 
+@contextlib.contextmanager
+def store_lock(tracking_uri: str | None):
+    """Exclusive access to a SQLite store across processes (a lock file beside the database).
+
+    Held while the store is first opened (MLflow creates and migrates its schema then; two
+    processes doing that at once crash) and from reading the champion to moving the alias. A
+    tracking server has no such lock: `_decide_and_record` re-checks the champion instead.
+    """
+    if tracking_uri and tracking_uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db) + ".lock", timeout=STORE_LOCK_TIMEOUT_S):
+            yield
+    else:
+        yield
+
+
 def connect(tracking_uri: str | None):
-    """Point the fluent API at tracking_uri (tracking and registry) and return a client for it."""
+    """Point the fluent API at tracking_uri (tracking and registry) and return a client for it,
+    the store's schema created (or migrated) under the store lock."""
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    with store_lock(tracking_uri):  # opening the stores creates/migrates their tables
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+        mlflow.search_experiments(max_results=1)  # the fluent API's own store instance
+    return client
 
 
 def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
@@ -403,6 +431,22 @@ def _recorded_result(client, tracking_uri, registry_name: str, mv) -> Registrati
 # ---------------------------------------------------------------- entry point
 
 
+def _decide_and_record(
+    client, tracking_uri, registry_name, version, candidate, primary_metric, split_fingerprint, recorded, version_tags
+) -> Decision:
+    """Read the champion, decide and move the alias as one step: under the store lock, and for a
+    tracking server (no lock) compare-and-set: when the champion changed while deciding, decide again."""
+    for _ in range(CAS_ATTEMPTS):
+        with store_lock(tracking_uri):
+            seen = read_champion(client, registry_name)
+            decision = _decision_for(client, registry_name, version, candidate, primary_metric, split_fingerprint, recorded)
+            now = read_champion(client, registry_name)
+            if (seen and seen.version) == (now and now.version):
+                record_decision(client, registry_name, version, decision, version_tags)
+                return decision
+    raise RuntimeError(f"the champion of {registry_name} kept changing while v{version} was registered; retry")
+
+
 def log_and_register(
     model_dir: str | Path,
     *,
@@ -464,6 +508,7 @@ def log_and_register(
             version_tags=key_tags,
         )
         recorded = {}
-    decision = _decision_for(client, registry_name, version, candidate, primary_metric, split_fingerprint, recorded)
-    record_decision(client, registry_name, version, decision, version_tags)
+    decision = _decide_and_record(
+        client, tracking_uri, registry_name, version, candidate, primary_metric, split_fingerprint, recorded, version_tags
+    )
     return _result(client, tracking_uri, registry_name, version, run_id, decision, candidate, exp_id)
