@@ -79,9 +79,56 @@ def _prefect_env() -> None:
         logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
 
 
+# Runs beside the CLI: when the CLI's process is gone (even after kill -9, which skips Prefect's own
+# atexit shutdown) it stops the temporary server, so no orphaned server is left holding memory.
+SERVER_WATCHDOG = """
+import os, signal, sys, time
+cli, server = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+while alive(cli) and alive(server):
+    time.sleep(0.5)
+try:
+    with open(f"/proc/{server}/cmdline", "rb") as f:  # still our server, not a reused pid
+        ours = b"uvicorn" in f.read()
+    if ours:
+        os.kill(server, signal.SIGTERM)
+        for _ in range(50):
+            time.sleep(0.1)
+            if not alive(server):
+                break
+        else:
+            os.kill(server, signal.SIGKILL)
+except (OSError, ProcessLookupError):
+    pass
+"""
+
+
+def _start_temporary_server() -> None:
+    """Start Prefect's temporary server now (the one its flows would start) and watch it."""
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if server.running:
+        return
+    server.start(timeout=int(os.environ[EPHEMERAL_STARTUP_TIMEOUT]))
+    subprocess.Popen(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", SERVER_WATCHDOG, str(os.getpid()), str(server.server_process.pid)],
+        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 def _run_flow(flow_fn, config):
     """Run a flow; our errors and a temporary server that did not start become one clear line."""
     try:
+        if not os.environ.get("PREFECT_API_URL") and sys.platform.startswith("linux"):
+            _start_temporary_server()
         return flow_fn(config)
     except PipelineError as e:
         _fail(str(e))
