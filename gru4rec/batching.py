@@ -1,10 +1,11 @@
 """Session-parallel mini-batches (Hidasi et al. 2016), precomputed for a whole epoch as flat arrays.
 
 B slots each walk through one session at a time; at every step a slot yields (current item, next
-item). When a slot's session is used up, the slot takes the next session in start-time order at the
-very next step and its hidden state must be zeroed. Once no session is left, finished slots stay
-empty and the batch shrinks; active slots keep their relative order, so the trainer keeps hidden
-rows aligned by indexing with `Step.keep`.
+item). A *step* is one position of the schedule, i.e. one mini-batch (the trainer runs one optimiser
+update per step and calls it a batch). When a slot's session is used up, the slot takes the next
+session in start-time order at the very next step and its hidden state must be zeroed. Once no
+session is left, finished slots stay empty and the batch shrinks; active slots keep their relative
+order, so hidden rows stay aligned by indexing with `Schedule.kept_rows` (`Step.keep`).
 
 The schedule: a session of length L (≥ 2; shorter ones yield nothing) occupies its slot for L - 1
 consecutive steps. Sessions are handed out in order, each to the slot that frees first (ties: lowest
@@ -88,14 +89,14 @@ def _assign(lengths: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarra
     slot[:first] = np.arange(first)
     start[:first] = 0
     if n > first:
-        steps = (lengths - 1).tolist()
-        heap = [(steps[s], s) for s in range(first)]  # (free at step, slot)
+        span = (lengths - 1).tolist()  # steps each session occupies its slot for
+        heap = [(span[s], s) for s in range(first)]  # (free at step, slot)
         heapq.heapify(heap)
         for s in range(first, n):
             t, k = heap[0]
             slot[s] = k
             start[s] = t
-            heapq.heapreplace(heap, (t + steps[s], k))
+            heapq.heapreplace(heap, (t + span[s], k))
     return slot, start
 
 
@@ -115,14 +116,14 @@ def build_schedule(offsets: np.ndarray, items: np.ndarray, batch_size: int) -> S
     sess_rep = np.repeat(np.arange(len(used)), pairs)
     first_pair = np.cumsum(pairs) - pairs
     pos = np.arange(total, dtype=np.int64) - np.repeat(first_pair, pairs)
-    step = np.repeat(start_s, pairs) + pos
+    pair_step = np.repeat(start_s, pairs) + pos
     slot = np.repeat(slot_s, pairs)
-    n_steps = int(step.max()) + 1 if total else 0
-    order = np.argsort(step * batch_size + slot, kind="stable")
+    n_steps = int(pair_step.max()) + 1 if total else 0
+    order = np.argsort(pair_step * batch_size + slot, kind="stable")
     sess = used[sess_rep[order]]
     pos = pos[order]
     src = offsets[sess] + pos
-    counts = np.bincount(step, minlength=n_steps)
+    counts = np.bincount(pair_step, minlength=n_steps)
     step_offsets = np.zeros(n_steps + 1, np.int64)
     np.cumsum(counts, out=step_offsets[1:])
     return Schedule(

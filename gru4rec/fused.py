@@ -1,9 +1,10 @@
-"""Hand-written forward + backward of one training step for the one-layer model (no autograd).
+"""Hand-written forward + backward of one training mini-batch for the one-layer model (no autograd).
 
-The hidden state is detached every step (no BPTT), so one step's graph is tiny and the autograd
-bookkeeping costs more than the arithmetic. This computes the same gradients as autograd through
-`GRU4Rec.step` + `GRU4Rec.score` + `gru4rec.losses` (checked in tests/test_trainer.py) with a few
-dozen tensor ops, and hands them to the optimiser as dense tensors or (unique rows, values) pairs.
+The trainer detaches the hidden state after every batch (no BPTT), so one batch's graph is tiny and
+the autograd bookkeeping costs more than the arithmetic. This computes the same gradients as
+autograd through `GRU4Rec.step` + `GRU4Rec.score` + `gru4rec.losses` (checked in
+tests/test_trainer.py) with a few dozen tensor ops, and hands them to the optimiser as dense
+tensors or (unique rows, values) pairs.
 
 With a sampled output the output item matrix and bias live in the optimiser's `RowTable` (per row:
 ``[item vector | bias | optimiser state]``): one gather brings a batch's candidate rows, the scores
@@ -37,7 +38,10 @@ def supports(model: GRU4Rec) -> bool:
 
 
 class FusedStep:
-    """``grads(inputs, targets, hidden, negatives)`` → (loss, grads in `param_order`, new hidden)."""
+    """``grads(inputs, targets, hidden, negatives)`` → (loss, grads in `param_order`, new hidden).
+
+    The forward and backward pass of one batch; the optimiser update is the caller's (the trainer
+    hands ``grads`` to `step_grads`)."""
 
     def __init__(
         self,
@@ -75,8 +79,8 @@ class FusedStep:
         self.p_hid = model.cfg.dropout_hidden
         self.n_params = len(param_order)
         # Parameters, their slots in `param_order` and the gradient buffers to write dense gradients
-        # into (param id → buffer, e.g. `AdagradM.pack`'s views), looked up once: per-step
-        # nn.Module attribute access and dict lookups are measurable at this step size.
+        # into (param id → buffer, e.g. `AdagradM.pack`'s views), looked up once: per-batch
+        # nn.Module attribute access and dict lookups are measurable at this batch size.
         L = model.layers[0]
         self.w_x, self.w_rz, self.w_h, self.b = L.w_x, L.w_rz, L.w_h, L.b
         self.item_out, self.item_bias, self.item_in = model.item_out, model.item_bias, model.item_in
@@ -87,7 +91,7 @@ class FusedStep:
         gbuf = grad_buffers or {}
         self.g_w_x, self.g_w_rz, self.g_w_h, self.g_b = (gbuf.get(id(p)) for p in (L.w_x, L.w_rz, L.w_h, L.b))
         # Transposed views, made once: they share storage with the weights, which the optimiser
-        # updates in place (build this step after `pack`/`pack_rows`, which move the storage).
+        # updates in place (build this object after `pack`/`pack_rows`, which move the storage).
         self.w_x_t, self.w_h_t = L.w_x.detach().t(), L.w_h.detach().t()
         self._dvx: dict[int, torch.Tensor] = {}  # batch size → gate-gradient buffer
         self._masks: dict = {}
@@ -95,7 +99,7 @@ class FusedStep:
 
     def _mask(self, like: torch.Tensor, p: float) -> torch.Tensor | None:
         """Inverted-dropout mask (0 or 1/(1-p)) for ``like``, sliced from a buffer refilled every
-        ~256 steps from torch's global RNG (one bulk draw instead of a small one per step)."""
+        ~256 batches from torch's global RNG (one bulk draw instead of a small one per batch)."""
         if p <= 0 or not self.m.training:
             return None
         n, w = like.shape
@@ -131,12 +135,11 @@ class FusedStep:
         inv = mark.cumsum_(0).index_select(0, items).sub_(1)
         return uniq, inv
 
-    def _with_ones(self, hn: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(o, [o | 1]) with o = hn (· dropout mask), written into a reused buffer whose last column
-        is 1 (the bias input); without an output bias just (o, o)."""
+    def _with_ones(self, hn: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """[o | 1] with o = hn (· dropout mask), written into a reused buffer whose last column is 1
+        (the bias input); without an output bias just o."""
         if not self.has_bias:
-            o = hn if mask is None else hn * mask
-            return o, o
+            return hn if mask is None else hn * mask
         n = hn.shape[0]
         buf = self._ones_col.get(n)
         if buf is None:
@@ -146,7 +149,7 @@ class FusedStep:
             o.copy_(hn)
         else:
             torch.mul(hn, mask, out=o)
-        return o, buf
+        return buf
 
     def _scores_grad(self, s: torch.Tensor, pos, exclude, log_q):
         if self.loss == "cross-entropy":
@@ -184,7 +187,7 @@ class FusedStep:
         return cross_entropy_and_grad(logits, pos=pos)
 
     # Inference mode, not just no_grad: no version counters or view tracking per op, which is a
-    # measurable share of a step this small (~15 % on the ML-1M benchmark).
+    # measurable share of a batch this small (~15 % on the ML-1M benchmark).
     @torch.inference_mode()
     def grads(self, inputs: torch.Tensor, targets: torch.Tensor, hidden: torch.Tensor, negatives: torch.Tensor | None):
         H = self.H
@@ -223,7 +226,7 @@ class FusedStep:
             rows = self.table.gather(uniq)  # [item vector | bias | optimiser state] per candidate
             wb = rows[:, : self.table.width]
             W = wb[:, :H]
-            o, o1 = self._with_ones(hn, mh)
+            o1 = self._with_ones(hn, mh)
             s = o1 @ wb.t()
             pos = inv[:B]
             if self.loss == "cross-entropy":
@@ -231,7 +234,7 @@ class FusedStep:
             else:
                 # Ranking losses: expand to the B × M candidate layout, autograd on the scores only,
                 # fold the gradient back onto the distinct columns.
-                cols, exclude = sampled_columns(targets, negatives)
+                _, exclude = sampled_columns(targets, negatives)
                 s_m = s.index_select(1, inv_c)
                 loss, ds_m = self._scores_grad(s_m, None, exclude, None)
                 ds = torch.zeros_like(s).index_add_(1, inv_c, ds_m)

@@ -1,12 +1,14 @@
 """Training loop: session-parallel mini-batches, sampled or full output, checkpoint/resume, early stopping.
 
-`train(split, cfg, out_dir)` trains a `GRU4Rec` and returns a `TrainResult`. Per epoch it walks the
-precomputed schedule (`gru4rec.batching`): the hidden state is detached every step (no BPTT), rows
-of slots that start a new session are zeroed, rows of slots that ran dry are dropped, and one
-optimiser step is taken per mini-batch. The one-layer fp32 model uses the hand-written step of
-`gru4rec.fused` (same gradients as autograd, far fewer ops); otherwise autograd is used
-(``engine`` forces one).
+`train(split, cfg, out_dir)` trains a `GRU4Rec` and returns a `TrainResult`. Words used below: a
+*batch* is one session-parallel mini-batch, i.e. one position of the precomputed schedule
+(`gru4rec.batching`, where it is called a step); an *update* is the one optimiser step taken per
+batch; an *engine* turns a batch into its loss and that update: the hand-written kernel of
+`gru4rec.fused` (`fused.FusedStep`: same gradients as autograd, far fewer ops) for the one-layer
+fp32 model, autograd through `GRU4Rec.step` otherwise (``engine`` forces one).
 
+Per epoch the batches are walked in schedule order: the hidden state is detached after every batch
+(no BPTT), rows of slots that start a new session are zeroed, rows of slots that ran dry are dropped.
 After every epoch: validation with `gru4rec.evaluate.evaluate_model` on the valid split (unless
 ``full=True``, which trains on train + valid and does not validate), early stopping on
 ``cfg.train.early_stopping_metric`` when ``patience > 0`` (the best epoch's weights are kept and
@@ -17,6 +19,9 @@ The checkpoint holds only plain tensors / numbers / strings / lists / dicts (it 
 python RNG states, epoch, history, best weights and the config JSON. A killed run restarted with
 ``resume=True`` continues after its last finished epoch and ends with the same weights as an
 uninterrupted run (the batch order is deterministic: sessions in start-time order).
+
+The module reads top to bottom: setup (data, seeding, model, optimiser, sampler, engine, schedule),
+one epoch (the hot loop), validation and early stopping, checkpoint and resume, then `train`.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------
-# data
+# setup: data and seeding
 
 
 def _sessions(split: Split, full: bool) -> tuple[SessionArrays, SessionArrays | None]:
@@ -76,14 +81,21 @@ def _sessions(split: Split, full: bool) -> tuple[SessionArrays, SessionArrays | 
     return train_s, valid_s
 
 
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 # ------------------------------------------------------------------------------------------------
-# engines: one mini-batch → loss (a 0-d tensor) and the new hidden state, parameters updated
+# setup: engines. ``engine(inputs, targets, hidden, negatives)`` runs one batch: the loss (a 0-d
+# tensor) and the new hidden state come back, the parameters are updated.
 
 
 class _AutogradEngine:
     def __init__(self, model, opt, tcfg, full, log_q_batch, log_q_sample, device):
         self.model, self.opt, self.t, self.full = model, opt, tcfg, full
-        self.log_q_batch, self.log_q_sample = log_q_batch, log_q_sample
+        self.log_q_batch, self.log_q_sample = log_q_batch, log_q_sample  # set only for logQ-corrected CE
         self.autocast = bool(tcfg.bf16 and device.type == "cuda")
         self.device_type = device.type
 
@@ -98,7 +110,7 @@ class _AutogradEngine:
                 cols, exclude = sampled_columns(targets, negatives)
                 scores = self.model.score(out, cols)
                 pos, log_q = None, None
-                if t.loss == "cross-entropy" and t.logq and self.log_q_batch is not None:
+                if self.log_q_batch is not None:
                     parts = [self.log_q_batch[targets]]
                     if negatives is not None:
                         parts.append(self.log_q_sample[negatives])
@@ -118,12 +130,18 @@ class _AutogradEngine:
         self.opt.step()
         return loss.detach(), [h.detach() for h in new_hidden]
 
+    def mask_state(self) -> None:  # no buffered masks: nn.Dropout draws from torch's RNG every batch
+        return None
+
+    def load_mask_state(self, state: dict) -> None:
+        pass
+
 
 class _FusedEngine:
     def __init__(self, model, opt, params, tcfg, full, log_q_batch, log_q_sample):
         self.opt = opt
         # The dense GRU weights become views of one flat buffer (so do their optimiser state and the
-        # gradient buffers the fused step writes into): the dense update is a few ops on one tensor.
+        # gradient buffers the kernel writes into): the dense update is a few ops on one tensor.
         dense = model.dense_parameters()
         gbufs = opt.pack(dense)
         # With a sampled output the output item rows (and bias, and their optimiser state) are
@@ -131,7 +149,7 @@ class _FusedEngine:
         row_table = None
         if not full:
             row_table = opt.pack_rows([p for p in (model.item_out, model.item_bias) if p is not None])
-        self.step = fused.FusedStep(
+        self.kernel = fused.FusedStep(
             model,
             params,
             loss=tcfg.loss,
@@ -147,13 +165,267 @@ class _FusedEngine:
 
     def __call__(self, inputs, targets, hidden, negatives):
         with torch.inference_mode():  # see FusedStep.grads; in-place updates of parameters are allowed
-            loss, grads, hn = self.step.grads(inputs, targets, hidden[0], negatives)
+            loss, grads, hn = self.kernel.grads(inputs, targets, hidden[0], negatives)
             self.opt.step_grads(grads)
         return loss, [hn]
 
+    def mask_state(self) -> dict:  # the kernel's dropout-mask buffers
+        return self.kernel.mask_state()
+
+    def load_mask_state(self, state: dict) -> None:
+        self.kernel.load_mask_state(state)
+
+
+def _make_engine(choice, model, opt, params, tcfg, full_out, counts, device) -> _AutogradEngine | _FusedEngine:
+    """The engine ``choice`` ("auto" | "fused" | "autograd") asks for, with its logQ tables."""
+    log_q_batch = log_q_sample = None
+    if tcfg.loss == "cross-entropy" and tcfg.logq > 0 and not full_out:
+        lb, ls = item_log_q(counts, tcfg.sample_alpha)
+        log_q_batch, log_q_sample = lb.to(device, torch.float32), ls.to(device, torch.float32)
+    if choice not in ("auto", "fused", "autograd"):
+        raise ConfigError(f"unknown engine {choice!r}; choose auto, fused or autograd")
+    use_fused = choice == "fused" or (
+        choice == "auto" and fused.supports(model) and not (tcfg.bf16 and device.type == "cuda")
+    )
+    if use_fused:
+        return _FusedEngine(model, opt, params, tcfg, full_out, log_q_batch, log_q_sample)
+    return _AutogradEngine(model, opt, tcfg, full_out, log_q_batch, log_q_sample, device)
+
 
 # ------------------------------------------------------------------------------------------------
-# checkpoint
+# setup: the schedule, and everything together
+
+
+@dataclass
+class _Batches:
+    """The epoch's schedule on the device, with plain Python lists for the per-batch bookkeeping
+    (numpy scalars cost more per use). Batch i is rows ``offsets[i]:offsets[i + 1]``."""
+
+    inputs: tuple[torch.Tensor, ...]  # per batch, ready-made views (one split, not two slices a batch)
+    targets: tuple[torch.Tensor, ...]
+    sizes: list[int]  # rows per batch (never growing)
+    offsets: list[int]  # n_batches + 1
+    kept: list[torch.Tensor | None]  # where the batch shrank: rows of the previous batch still active
+    has_reset: list[bool]  # does a slot start a new session in this batch?
+    not_reset: torch.Tensor  # per row: 0 where the slot starts a new session, else 1 (a column)
+
+    @property
+    def n_events(self) -> int:
+        return self.offsets[-1]
+
+
+def _device_batches(train_s: SessionArrays, batch_size: int, device: torch.device) -> _Batches:
+    """The schedule (`gru4rec.batching`), built once; per batch only views of device tensors."""
+    sched = build_schedule(train_s.offsets, train_s.items, batch_size)
+    sizes = sched.step_sizes()
+    kept: list[torch.Tensor | None] = [None] * len(sizes)
+    for i in range(1, len(sizes)):
+        if sizes[i] != sizes[i - 1]:
+            kept[i] = torch.from_numpy(sched.kept_rows(i)).to(device)
+    return _Batches(
+        inputs=torch.from_numpy(sched.inputs).to(device).split(sizes),
+        targets=torch.from_numpy(sched.targets).to(device).split(sizes),
+        sizes=sizes,
+        offsets=sched.step_offsets.tolist(),
+        kept=kept,
+        has_reset=sched.step_has_reset(),
+        not_reset=torch.from_numpy(~sched.resets).to(device, torch.float32).unsqueeze(1),
+    )
+
+
+@dataclass
+class _Run:
+    """Everything the epochs need, built once by `_setup`."""
+
+    cfg: Gru4RecConfig
+    full: bool
+    n_items: int
+    device: torch.device
+    model: GRU4Rec
+    opt: Any
+    sampler: NegativeSampler | None
+    engine: _AutogradEngine | _FusedEngine
+    batches: _Batches
+    valid: SessionArrays | None
+
+
+def _setup(split: Split, cfg: Gru4RecConfig, full: bool, engine_choice: str) -> _Run:
+    """Data, seeding, model, optimiser, sampler, engine, schedule: in this order, which fixes what
+    each draws from the seeded random number generators."""
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = select_device(t.device)
+    train_s, valid_s = _sessions(split, full)
+    if train_s.n_events == 0:
+        raise TrainingError("the training split has no events")
+    counts = torch.from_numpy(np.bincount(train_s.items, minlength=split.n_items).astype(np.float64))
+    _seed_everything(t.seed)  # before the model is built: initialisation draws from torch's RNG
+    model = GRU4Rec(cfg.model, split.n_items).to(device)
+    full_out = t.n_sample == "full"
+    model.set_sparse_grad(not full_out)
+    params = model.sparse_parameters() + model.dense_parameters()
+    opt = make_optimizer(t.optimizer, params, lr=t.lr, momentum=t.momentum)
+    n_sample = 0 if full_out else int(t.n_sample)
+    sampler = None
+    if n_sample > 0:
+        sampler = NegativeSampler(counts, n_sample, t.sample_alpha, device=device, seed=t.seed + 1)
+    return _Run(
+        cfg=cfg,
+        full=full,
+        n_items=split.n_items,
+        device=device,
+        model=model,
+        opt=opt,
+        sampler=sampler,
+        engine=_make_engine(engine_choice, model, opt, params, t, full_out, counts, device),
+        batches=_device_batches(train_s, t.batch_size, device),
+        valid=valid_s,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# one epoch
+
+
+def _nan_error(epoch: int, batch: int | str, loss: float, cfg: Gru4RecConfig) -> TrainingError:
+    return TrainingError(
+        f"training diverged: loss is {loss} at epoch {epoch}, step {batch}. "
+        f"Lower the learning rate (train.lr={cfg.train.lr:g}, try {cfg.train.lr / 10:g}), "
+        + ("disable bf16, " if cfg.train.bf16 else "")
+        + "or check the data for degenerate sessions."
+    )
+
+
+class _EpochBar:
+    """Progress bar over an epoch's events with the last loss and events/s (redrawn every 50 batches)."""
+
+    def __init__(self, batches: _Batches, epoch: int, epochs: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=batches.n_events, desc=f"epoch {epoch}/{epochs}", unit="ev", leave=False)
+        self.offsets, self.shown = batches.offsets, 0
+        self.t0 = time.perf_counter()
+
+    def show(self, batch: int, loss: torch.Tensor) -> None:
+        done, seconds = self.offsets[batch + 1], time.perf_counter() - self.t0
+        self.bar.update(done - self.shown)
+        self.shown = done
+        self.bar.set_postfix(loss=f"{float(loss):.4f}", ev_s=f"{done / max(seconds, 1e-9):,.0f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_batches(run: _Run, epoch: int, bar: _EpochBar | None) -> float:
+    """The hot loop: every batch through the engine, in schedule order; the loss summed over rows.
+    Per batch nothing but list lookups, the engine and the loss check (tuned to ~20 µs a batch)."""
+    b = run.batches
+    inputs, targets, sizes, offsets, kept = b.inputs, b.targets, b.sizes, b.offsets, b.kept
+    has_reset, not_reset = b.has_reset, b.not_reset
+    engine, draw = run.engine, (run.sampler.draw if run.sampler is not None else None)
+    n_batches, on_cpu, cfg = len(sizes), run.device.type == "cpu", run.cfg
+    hidden = run.model.init_hidden(sizes[0] if sizes else 0, run.device)
+    loss_sum = 0.0
+    pending = torch.zeros((), dtype=torch.float64, device=run.device)
+    for i in range(n_batches):
+        if (rows := kept[i]) is not None:  # the batch shrank: drop the rows of slots that ran dry
+            hidden = [h.index_select(0, rows) for h in hidden]
+        if has_reset[i]:  # zero the rows of slots that start a new session
+            mask = not_reset[offsets[i] : offsets[i + 1]]
+            hidden = [h * mask for h in hidden]
+        loss, hidden = engine(inputs[i], targets[i], hidden, draw() if draw is not None else None)
+        if on_cpu:  # .item() costs nothing on the CPU: check every batch
+            value = loss.item()
+            if not math.isfinite(value):
+                raise _nan_error(epoch, i, value, cfg)
+            loss_sum += value * sizes[i]
+        else:  # no host sync per batch on an accelerator: check every 64 batches
+            pending += loss.double() * sizes[i]
+            if (i + 1) % 64 == 0 or i + 1 == n_batches:
+                value = float(pending)
+                if not math.isfinite(value):
+                    raise _nan_error(epoch, f"{i - i % 64}..{i}", value, cfg)
+                loss_sum += value
+                pending.zero_()
+        if bar is not None and ((i and i % 50 == 0) or i + 1 == n_batches):
+            bar.show(i, loss)
+    return loss_sum
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """One pass over the training batches; the epoch's history record."""
+    t, n_events = run.cfg.train, run.batches.n_events
+    run.model.train()
+    bar = _EpochBar(run.batches, epoch, t.epochs) if t.progress else None
+    t0 = time.perf_counter()
+    loss_sum = _run_batches(run, epoch, bar)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return {
+        "epoch": epoch,
+        "loss": loss_sum / max(n_events, 1),
+        "events": n_events,
+        "steps": len(run.batches.sizes),  # batches = optimiser updates
+        "seconds": seconds,
+        "events_per_s": n_events / max(seconds, 1e-9),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# validation and early stopping
+
+
+@dataclass
+class _Progress:
+    """What carries over from epoch to epoch (and through a checkpoint) besides the weights."""
+
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": None, "value": None, "state": None})
+    bad_epochs: int = 0
+    stopped: bool = False
+    epoch: int = 0  # the last finished epoch
+
+
+def _validate(run: _Run, evaluate: Callable, record: dict) -> dict:
+    """Metrics on the valid split, also written into ``record`` as ``valid_<metric>``."""
+    t = run.cfg.train
+    run.model.eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        metrics = evaluate(run.model, run.valid, ks=tuple(t.eval_ks), ties=t.eval_ties, device=run.device)
+    record["valid_seconds"] = time.perf_counter() - t0
+    for k, v in metrics.items():
+        record[f"valid_{k}"] = float(v) if isinstance(v, (int, float)) else v
+    run.model.train()
+    return metrics
+
+
+def _early_stopping(run: _Run, progress: _Progress, metrics: dict, epoch: int) -> None:
+    """Track the best epoch (its weights too when ``patience > 0``); stop after ``patience`` worse ones."""
+    t = run.cfg.train
+    metric = t.early_stopping_metric
+    if metric not in metrics:
+        raise ConfigError(
+            f"early_stopping_metric {metric!r} is not computed by the evaluation; "
+            f"available: {', '.join(sorted(metrics))}"
+        )
+    value = float(metrics[metric])
+    if progress.best["value"] is None or value > progress.best["value"]:
+        state = _cpu_state(run.model) if t.patience > 0 else None
+        progress.best = {"epoch": epoch, "value": value, "state": state}
+        progress.bad_epochs = 0
+    else:
+        progress.bad_epochs += 1
+        if t.patience > 0 and progress.bad_epochs >= t.patience:
+            progress.stopped = True
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint and resume
 
 
 def _np_state() -> dict:
@@ -225,17 +497,53 @@ def _config_diff(a: Gru4RecConfig, b: Gru4RecConfig) -> list[str]:
     return diffs
 
 
-# ------------------------------------------------------------------------------------------------
-# the loop
+def _checkpoint(run: _Run, progress: _Progress) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": run.cfg.model_dump_json(),
+        "n_items": run.n_items,
+        "full": run.full,
+        "epoch": progress.epoch,
+        "history": progress.history,
+        "model": _cpu_state(run.model),
+        "optimizer": _to_cpu(run.opt.state_dict()),
+        "sampler": _to_cpu(run.sampler.state_dict()) if run.sampler is not None else None,
+        "rng": _rng_state(),
+        "dropout_masks": _to_cpu(run.engine.mask_state()),
+        "best": progress.best,
+        "bad_epochs": progress.bad_epochs,
+        "stopped": progress.stopped,
+    }
 
 
-def _nan_error(epoch: int, step: int | str, loss: float, cfg: Gru4RecConfig) -> TrainingError:
-    return TrainingError(
-        f"training diverged: loss is {loss} at epoch {epoch}, step {step}. "
-        f"Lower the learning rate (train.lr={cfg.train.lr:g}, try {cfg.train.lr / 10:g}), "
-        + ("disable bf16, " if cfg.train.bf16 else "")
-        + "or check the data for degenerate sessions."
+def _resume(run: _Run, ck_path: Path) -> _Progress:
+    """Load ``ck_path`` into the run (refused when made with other settings); its progress."""
+    ck = load_checkpoint(ck_path)
+    diffs = _config_diff(Gru4RecConfig.model_validate_json(ck["config"]), run.cfg)
+    if diffs or ck.get("n_items") != run.n_items or ck.get("full") != run.full:
+        what = ", ".join(diffs) or "data (number of items / full)"
+        raise ConfigError(
+            f"checkpoint {ck_path} was made with different settings ({what}); "
+            "use another out_dir or resume=False to start over"
+        )
+    run.model.load_state_dict(ck["model"])
+    run.opt.load_state_dict(ck["optimizer"])
+    if run.sampler is not None and ck.get("sampler") is not None:
+        run.sampler.load_state_dict(ck["sampler"])
+    _set_rng_state(ck["rng"])
+    if ck.get("dropout_masks"):
+        run.engine.load_mask_state(ck["dropout_masks"])
+    return _Progress(
+        history=list(ck["history"]),
+        best=dict(ck["best"]),
+        bad_epochs=int(ck["bad_epochs"]),
+        stopped=bool(ck["stopped"]),
+        epoch=int(ck["epoch"]),
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# train
 
 
 def train(
@@ -263,199 +571,39 @@ def train(
         split = load_split(split)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    device = select_device(t.device)
-    n_items = split.n_items
-
-    train_s, valid_s = _sessions(split, full)
-    if train_s.n_events == 0:
-        raise TrainingError("the training split has no events")
-    counts = torch.from_numpy(np.bincount(train_s.items, minlength=n_items).astype(np.float64))
-
-    # ---- seeding (before the model is built: initialisation draws from torch's RNG)
-    torch.manual_seed(t.seed)
-    np.random.seed(t.seed % 2**32)
-    random.seed(t.seed)
-
-    model = GRU4Rec(cfg.model, n_items).to(device)
-    full_out = t.n_sample == "full"
-    model.set_sparse_grad(not full_out)
-    params = model.sparse_parameters() + model.dense_parameters()
-    opt = make_optimizer(t.optimizer, params, lr=t.lr, momentum=t.momentum)
-    n_sample = 0 if full_out else int(t.n_sample)
-    sampler = (
-        NegativeSampler(counts, n_sample, t.sample_alpha, device=device, seed=t.seed + 1) if n_sample > 0 else None
-    )
-    log_q_batch = log_q_sample = None
-    if t.loss == "cross-entropy" and t.logq > 0 and not full_out:
-        lb, ls = item_log_q(counts, t.sample_alpha)
-        log_q_batch, log_q_sample = lb.to(device, torch.float32), ls.to(device, torch.float32)
-
-    use_fused = engine == "fused" or (
-        engine == "auto" and fused.supports(model) and not (t.bf16 and device.type == "cuda")
-    )
-    if engine not in ("auto", "fused", "autograd"):
-        raise ConfigError(f"unknown engine {engine!r}; choose auto, fused or autograd")
-    if use_fused:
-        run_step = _FusedEngine(model, opt, params, t, full_out, log_q_batch, log_q_sample)
-    else:
-        run_step = _AutogradEngine(model, opt, t, full_out, log_q_batch, log_q_sample, device)
-
-    # ---- schedule, once; per step only views of device tensors
-    sched = build_schedule(train_s.offsets, train_s.items, t.batch_size)
-    # 0 for rows whose slot starts a new session: multiplying zeroes their hidden state on the device.
-    keep_row = torch.from_numpy(~sched.resets).to(device, torch.float32).unsqueeze(1)
-    # Plain Python lists for the per-step bookkeeping (numpy scalars cost more per use).
-    offsets, sizes, has_reset = sched.step_offsets.tolist(), sched.step_sizes(), sched.step_has_reset()
-    # Each step's inputs / targets as ready-made views (one split instead of two slices per step).
-    step_inputs = torch.from_numpy(sched.inputs).to(device).split(sizes)
-    step_targets = torch.from_numpy(sched.targets).to(device).split(sizes)
-
-    # ---- state, possibly resumed
-    history: list[dict] = []
-    best = {"epoch": None, "value": None, "state": None}
-    bad_epochs, stopped, start_epoch = 0, False, 1
+    run = _setup(split, cfg, full, engine)
     ck_path = out_dir / CHECKPOINT
-    if resume and ck_path.exists():
-        ck = load_checkpoint(ck_path)
-        saved_cfg = Gru4RecConfig.model_validate_json(ck["config"])
-        diffs = _config_diff(saved_cfg, cfg)
-        if diffs or ck.get("n_items") != n_items or ck.get("full") != full:
-            what = ", ".join(diffs) or "data (number of items / full)"
-            raise ConfigError(
-                f"checkpoint {ck_path} was made with different settings ({what}); "
-                "use another out_dir or resume=False to start over"
-            )
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if sampler is not None and ck.get("sampler") is not None:
-            sampler.load_state_dict(ck["sampler"])
-        _set_rng_state(ck["rng"])
-        if use_fused and ck.get("dropout_masks"):
-            run_step.step.load_mask_state(ck["dropout_masks"])
-        history = list(ck["history"])
-        best = dict(ck["best"])
-        bad_epochs, stopped = int(ck["bad_epochs"]), bool(ck["stopped"])
-        start_epoch = int(ck["epoch"]) + 1
-
+    progress = _resume(run, ck_path) if resume and ck_path.exists() else _Progress()
     evaluate = evaluate_fn
-    if evaluate is None and valid_s is not None:
+    if evaluate is None and run.valid is not None:
         from gru4rec.evaluate import evaluate_model as evaluate  # the evaluation module owns metrics
-    metric = t.early_stopping_metric
-    cb_list = list(callbacks or [])
-    on_cpu = device.type == "cpu"
-
-    epoch = start_epoch
-    for epoch in range(start_epoch, t.epochs + 1):
-        if stopped:
+    callbacks = list(callbacks or [])
+    for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
+        if progress.stopped:
             break
-        model.train()
-        hidden = model.init_hidden(sizes[0] if sizes else 0, device)
-        loss_total = 0.0
-        pending = torch.zeros((), dtype=torch.float64, device=device)
-        bar = None
-        if t.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=sched.n_events, desc=f"epoch {epoch}/{t.epochs}", unit="ev", leave=False)
-        t0 = time.perf_counter()
-        last_bar, last_events = 0, 0
-        for step in range(sched.n_steps):  # as `gru4rec.batching.iterate`, without per-step objects
-            a, b = offsets[step], offsets[step + 1]
-            if step and sizes[step] != sizes[step - 1]:  # the batch shrank: drop slots that ran dry
-                keep = torch.from_numpy(sched.kept_rows(step)).to(device)
-                hidden = [h.index_select(0, keep) for h in hidden]
-            if has_reset[step]:
-                km = keep_row[a:b]
-                hidden = [h * km for h in hidden]
-            negatives = sampler.draw() if sampler is not None else None
-            loss, hidden = run_step(step_inputs[step], step_targets[step], hidden, negatives)
-            if on_cpu:  # .item() costs nothing on the CPU: check every step
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise _nan_error(epoch, step, value, cfg)
-                loss_total += value * (b - a)
-            else:  # no host sync per step on an accelerator
-                pending += loss.double() * (b - a)
-                if (step + 1) % 64 == 0 or step + 1 == sched.n_steps:
-                    value = float(pending)
-                    if not math.isfinite(value):
-                        raise _nan_error(epoch, f"{max(step - 63, 0)}..{step}", value, cfg)
-                    loss_total += value
-                    pending.zero_()
-            if bar is not None and (step - last_bar >= 50 or step + 1 == sched.n_steps):
-                el = time.perf_counter() - t0
-                bar.update(b - last_events)
-                last_events, last_bar = b, step
-                bar.set_postfix(loss=f"{float(loss):.4f}", ev_s=f"{b / max(el, 1e-9):,.0f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": loss_total / max(sched.n_events, 1),
-            "events": int(sched.n_events),
-            "steps": int(sched.n_steps),
-            "seconds": seconds,
-            "events_per_s": sched.n_events / max(seconds, 1e-9),
-        }
-        if valid_s is not None:
-            model.eval()
-            tv = time.perf_counter()
-            with torch.no_grad():
-                metrics = evaluate(model, valid_s, ks=tuple(t.eval_ks), ties=t.eval_ties, device=device)
-            record["valid_seconds"] = time.perf_counter() - tv
-            for k, v in metrics.items():
-                record[f"valid_{k}"] = float(v) if isinstance(v, (int, float)) else v
-            if metric not in metrics:
-                raise ConfigError(
-                    f"early_stopping_metric {metric!r} is not computed by the evaluation; "
-                    f"available: {', '.join(sorted(metrics))}"
-                )
-            value = float(metrics[metric])
-            if best["value"] is None or value > best["value"]:
-                best = {"epoch": epoch, "value": value, "state": _cpu_state(model) if t.patience > 0 else None}
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-                if t.patience > 0 and bad_epochs >= t.patience:
-                    stopped = True
-            model.train()
-        history.append(record)
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "config": cfg.model_dump_json(),
-            "n_items": n_items,
-            "full": full,
-            "epoch": epoch,
-            "history": history,
-            "model": _cpu_state(model),
-            "optimizer": _to_cpu(opt.state_dict()),
-            "sampler": _to_cpu(sampler.state_dict()) if sampler is not None else None,
-            "rng": _rng_state(),
-            "dropout_masks": _to_cpu(run_step.step.mask_state()) if use_fused else None,
-            "best": best,
-            "bad_epochs": bad_epochs,
-            "stopped": stopped,
-        }
-        save_checkpoint(ck_path, payload)
-        write_json_atomic(out_dir / HISTORY, history)
-        if any(cb(record) is True for cb in cb_list):
+        record = _train_epoch(run, epoch)
+        if run.valid is not None:
+            _early_stopping(run, progress, _validate(run, evaluate, record), epoch)
+        progress.history.append(record)
+        progress.epoch = epoch
+        save_checkpoint(ck_path, _checkpoint(run, progress))
+        write_json_atomic(out_dir / HISTORY, progress.history)
+        if any(cb(record) is True for cb in callbacks):
             break
+    return _result(run, progress, ck_path)
 
-    if t.patience > 0 and best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
+
+def _result(run: _Run, progress: _Progress, ck_path: Path) -> TrainResult:
+    """The model in eval mode, with the best epoch's weights when early stopping kept them."""
+    if run.cfg.train.patience > 0 and progress.best["state"] is not None:
+        run.model.load_state_dict(progress.best["state"])
+    run.model.eval()
     return TrainResult(
-        model=model,
-        history=history,
-        best_epoch=best["epoch"],
-        device=str(device),
-        config=cfg,
-        stopped_early=stopped,
+        model=run.model,
+        history=progress.history,
+        best_epoch=progress.best["epoch"],
+        device=str(run.device),
+        config=run.cfg,
+        stopped_early=progress.stopped,
         checkpoint=ck_path,
     )
