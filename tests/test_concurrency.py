@@ -25,13 +25,26 @@ N_ITEMS = 12
 REGISTER = textwrap.dedent(
     """
     import sys, time
-    from tasks.registry import log_and_register
-    model_dir, uri, artifacts, mrr, start = sys.argv[1:6]
-    while time.time() < float(start):  # all processes leave the barrier together
-        time.sleep(0.001)
-    r = log_and_register(model_dir, metrics={"mrr@20": float(mrr)}, config={"mrr": mrr}, split_fingerprint="f" * 64,
-                         data_manifest_hash="m" * 64, registry_name="race", tracking_uri=uri,
-                         artifact_location=artifacts, experiment="race")
+    import tasks.registry as reg
+    model_dir, uri, artifacts, mrr, start, staged = sys.argv[1:7]
+    if staged == "1":
+        # Worst case, made deterministic: both processes read the champion at the same moment
+        # (start), then the better model moves the alias first and the worse one a second later.
+        decide, record = reg._decision_for, reg.record_decision
+        def decide_at_start(*args, **kwargs):
+            while time.time() < float(start):
+                time.sleep(0.001)
+            return decide(*args, **kwargs)
+        def record_late(*args, **kwargs):
+            time.sleep(0.5 if float(mrr) > 0.7 else 1.5)
+            return record(*args, **kwargs)
+        reg._decision_for, reg.record_decision = decide_at_start, record_late
+    else:
+        while time.time() < float(start):  # all processes leave the barrier together
+            time.sleep(0.001)
+    r = reg.log_and_register(model_dir, metrics={"mrr@20": float(mrr)}, config={"mrr": mrr},
+                             split_fingerprint="f" * 64, data_manifest_hash="m" * 64, registry_name="race",
+                             tracking_uri=uri, artifact_location=artifacts, experiment="race")
     print(r.version, r.alias)
     """
 )
@@ -53,15 +66,15 @@ def model_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _register_together(model_dir: Path, store: Path, mrrs: list[float]) -> list[str]:
+def _register_together(model_dir: Path, store: Path, mrrs: list[float], staged: bool = False) -> list[str]:
     from tasks.registry import embedded_tracking_uri
 
     uri, artifacts = embedded_tracking_uri(store)
-    start = time.time() + 8  # time for every interpreter to import mlflow and reach the barrier
+    start = time.time() + (20 if staged else 8)  # time to import mlflow (and log the run) first
     env = os.environ | {"PYTHONPATH": str(REPO)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", REGISTER, str(model_dir), uri, artifacts, str(m), str(start)],
+            [sys.executable, "-c", REGISTER, str(model_dir), uri, artifacts, str(m), str(start), str(int(staged))],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for m in mrrs
@@ -88,15 +101,15 @@ def test_two_registrations_on_a_fresh_store(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("trial", range(4))
-def test_champion_race_the_better_model_wins(model_dir, tmp_path, trial):
+@pytest.mark.parametrize("staged", [True, False], ids=["worst-case-timing", "free-running"])
+def test_champion_race_the_better_model_wins(model_dir, tmp_path, staged):
     from tasks.registry import embedded_tracking_uri, log_and_register
 
     uri, artifacts = embedded_tracking_uri(tmp_path / "store")
     log_and_register(model_dir, metrics={"mrr@20": 0.1}, config={}, split_fingerprint="f" * 64,
                      data_manifest_hash="m" * 64, registry_name="race", tracking_uri=uri,
                      artifact_location=artifacts, experiment="race")
-    _register_together(model_dir, tmp_path / "store", [0.5, 0.9] if trial % 2 else [0.9, 0.5])
+    _register_together(model_dir, tmp_path / "store", [0.5, 0.9], staged=staged)
     client = _client(tmp_path / "store")
     champion = client.get_model_version_by_alias("race", "champion")
     assert float(champion.tags["primary_metric_value"]) == 0.9
