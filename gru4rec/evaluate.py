@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -221,99 +222,205 @@ def evaluate_scorer(
     exclude: Any = None,
 ) -> dict[str, float]:
     """Evaluate any :class:`StepScorer` on the sessions; see :func:`evaluate_model`."""
+    run = _setup(scorer, sessions, ks, ties, batch_size, device, item_counts, exclude)
+    tally = _Tally.empty(run)
+    scorer.begin(run.device)
+    try:
+        with torch.no_grad():
+            _score_sessions(scorer, run, tally)
+    finally:
+        scorer.end()
+    return tally.metrics(run)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """An evaluation's checked settings and its sessions as tensors on the device."""
+
+    ks: tuple[int, ...]
+    ties: Ties
+    batch_size: int
+    device: torch.device
+    n_items: int
+    k_max: int  # the longest top-K list that is needed
+    exclude_seen: bool
+    static_mask: torch.Tensor | None  # items never recommended
+    pop: torch.Tensor | None  # train count per item / the largest count
+    items: torch.Tensor  # all events' items, sessions contiguous
+    starts: torch.Tensor  # first event of each session with a target
+    ends: torch.Tensor  # one past its last event
+    n_sessions: int
+
+
+def _setup(
+    scorer: StepScorer,
+    sessions: SessionArrays,
+    ks: Iterable[int],
+    ties: Ties,
+    batch_size: int,
+    device: str | torch.device,
+    item_counts: np.ndarray | None,
+    exclude: Any,
+) -> _Run:
+    """Check every argument (before any work) and move what the loop reads onto the device."""
     _check_ties(ties)
     ks = _check_ks(ks)
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     device = torch.device(device)
     n_items = int(scorer.n_items)
-    k_max = min(max(ks), n_items)
     exclude_seen, static_mask = _exclusion(exclude, n_items, device)
-    pop = None
-    if item_counts is not None:
-        counts = torch.tensor(np.asarray(item_counts, dtype=np.float64), device=device)
-        if counts.shape != (n_items,):
-            raise ConfigError(f"item_counts has shape {tuple(counts.shape)}, the scorer has {n_items} items")
-        top = counts.max()
-        pop = counts / top if top > 0 else counts
+    pop = _popularity(item_counts, n_items, device)
+    items, starts, ends = _session_bounds(sessions, n_items, device)
+    return _Run(
+        ks=ks,
+        ties=ties,
+        batch_size=batch_size,
+        device=device,
+        n_items=n_items,
+        k_max=min(max(ks), n_items),
+        exclude_seen=exclude_seen,
+        static_mask=static_mask,
+        pop=pop,
+        items=items,
+        starts=starts,
+        ends=ends,
+        n_sessions=len(starts),
+    )
 
+
+def _popularity(item_counts: Any, n_items: int, device: torch.device) -> torch.Tensor | None:
+    """Train counts scaled to [0, 1] by the largest (all zero stays zero), or None."""
+    if item_counts is None:
+        return None
+    counts = torch.tensor(np.asarray(item_counts, dtype=np.float64), device=device)
+    if counts.shape != (n_items,):
+        raise ConfigError(f"item_counts has shape {tuple(counts.shape)}, the scorer has {n_items} items")
+    top = counts.max()
+    return counts / top if top > 0 else counts
+
+
+def _session_bounds(
+    sessions: SessionArrays, n_items: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(items, starts, ends) on the device; only sessions with at least one target (2+ events) are kept."""
     offsets = np.asarray(sessions.offsets, dtype=np.int64)
     lengths = np.diff(offsets)
-    scored = np.flatnonzero(lengths >= 2)  # sessions with at least one target
-    n_sessions = len(scored)
+    scored = np.flatnonzero(lengths >= 2)
     items = torch.tensor(np.asarray(sessions.items, dtype=np.int64), device=device)
+    # An out-of-range index would fail deep in the scorer (or silently wrap): say what is wrong.
     if items.numel() and (int(items.min()) < 0 or int(items.max()) >= n_items):
         raise ConfigError(f"session items hold indices outside 0..{n_items - 1} (wrong items index for this model?)")
     starts = torch.as_tensor(offsets[scored], device=device)
     ends = torch.as_tensor(offsets[scored + 1], device=device)
+    return items, starts, ends
 
-    rank_parts: list[torch.Tensor] = []
-    covered = {k: torch.zeros(n_items, dtype=torch.bool, device=device) for k in ks}
-    pop_sum = {k: torch.zeros((), dtype=torch.float64, device=device) for k in ks}
-    pop_n = dict.fromkeys(ks, 0)
 
-    scorer.begin(device)
-    try:
-        with torch.no_grad():
-            b = min(batch_size, n_sessions)
-            pos, end = starts[:b].clone(), ends[:b].clone()
-            nxt = b
-            state = scorer.init_state(b, device) if b else None
-            seen = torch.zeros(b, n_items, dtype=torch.bool, device=device) if exclude_seen else None
-            while pos.numel():
-                inp, tgt = items[pos], items[pos + 1]
-                scores, state = scorer.step(inp, state)
-                rows = torch.arange(pos.numel(), device=device)
-                if seen is not None:
-                    seen[rows, inp] = True
-                if seen is not None or static_mask is not None:
-                    mask = seen if static_mask is None else (static_mask if seen is None else seen | static_mask)
-                    ts = scores.gather(1, tgt.view(-1, 1))
-                    # Excluded items cannot be recommended; the target itself is still ranked.
-                    scores = scores.masked_fill(mask, -math.inf).scatter(1, tgt.view(-1, 1), ts)
-                rank_parts.append(ranks_from_scores(scores, tgt, ties))
-                top = torch.topk(scores, k_max, dim=1).indices
-                for k in ks:
-                    kk = min(k, n_items)
-                    covered[k][top[:, :kk].reshape(-1)] = True
-                    if pop is not None:
-                        pop_sum[k] += pop[top[:, :kk]].sum()
-                        pop_n[k] += top[:, :kk].numel()
+@dataclass
+class _Tally:
+    """What the loop accumulates: the targets' ranks and, per K, the top-K lists' coverage and popularity."""
 
-                pos += 1
-                done = pos + 1 >= end  # no target left in this slot's session
-                done_idx = torch.nonzero(done).view(-1)
-                if done_idx.numel():
-                    n_new = min(done_idx.numel(), n_sessions - nxt)
-                    if n_new:
-                        refill = done_idx[:n_new]
-                        pos[refill] = starts[nxt : nxt + n_new]
-                        end[refill] = ends[nxt : nxt + n_new]
-                        state = scorer.reset_rows(state, refill)
-                        if seen is not None:
-                            seen[refill] = False
-                        nxt += n_new
-                    if n_new < done_idx.numel():
-                        keep_mask = torch.ones_like(done)
-                        keep_mask[done_idx[n_new:]] = False
-                        keep = torch.nonzero(keep_mask).view(-1)
-                        pos, end = pos[keep], end[keep]
-                        if keep.numel():
-                            state = scorer.select_rows(state, keep)
-                            if seen is not None:
-                                seen = seen[keep]
-    finally:
-        scorer.end()
+    rank_parts: list[torch.Tensor]
+    covered: dict[int, torch.Tensor]  # items in any top-K list
+    pop_sum: dict[int, torch.Tensor]  # summed popularity of the recommended items
+    pop_n: dict[int, int]  # number of recommended items
 
-    ranks = torch.cat(rank_parts) if rank_parts else torch.zeros(0, dtype=torch.float64)
-    result: dict[str, float] = metrics_from_ranks(ranks, ks)
-    for k in ks:
-        result[f"coverage@{k}"] = covered[k].sum().item() / n_items
-        if pop is not None:
-            result[f"popularity@{k}"] = pop_sum[k].item() / pop_n[k] if pop_n[k] else float("nan")
-    result["n_targets"] = int(ranks.numel())
-    result["n_sessions"] = int(n_sessions)
-    return result
+    @classmethod
+    def empty(cls, run: _Run) -> _Tally:
+        return cls(
+            rank_parts=[],
+            covered={k: torch.zeros(run.n_items, dtype=torch.bool, device=run.device) for k in run.ks},
+            pop_sum={k: torch.zeros((), dtype=torch.float64, device=run.device) for k in run.ks},
+            pop_n=dict.fromkeys(run.ks, 0),
+        )
+
+    def metrics(self, run: _Run) -> dict[str, float]:
+        ranks = torch.cat(self.rank_parts) if self.rank_parts else torch.zeros(0, dtype=torch.float64)
+        result: dict[str, float] = metrics_from_ranks(ranks, run.ks)
+        for k in run.ks:
+            result[f"coverage@{k}"] = self.covered[k].sum().item() / run.n_items
+            if run.pop is not None:
+                pop_n = self.pop_n[k]
+                result[f"popularity@{k}"] = self.pop_sum[k].item() / pop_n if pop_n else float("nan")
+        result["n_targets"] = int(ranks.numel())
+        result["n_sessions"] = int(run.n_sessions)
+        return result
+
+
+def _score_sessions(scorer: StepScorer, run: _Run, tally: _Tally) -> None:
+    """The hot loop: one step scores the next target of every slot; slots refill as sessions end."""
+    # Plain locals: the loop body reads them on every step.
+    items, starts, ends, device = run.items, run.starts, run.ends, run.device
+    n_items, ks, k_max, ties = run.n_items, run.ks, run.k_max, run.ties
+    static_mask, pop = run.static_mask, run.pop
+    rank_parts, covered, pop_sum, pop_n = tally.rank_parts, tally.covered, tally.pop_sum, tally.pop_n
+    b = min(run.batch_size, run.n_sessions)
+    pos, end = starts[:b].clone(), ends[:b].clone()
+    nxt = b
+    state = scorer.init_state(b, device) if b else None
+    seen = torch.zeros(b, n_items, dtype=torch.bool, device=device) if run.exclude_seen else None
+    while pos.numel():
+        inp, tgt = items[pos], items[pos + 1]
+        scores, state = scorer.step(inp, state)
+        rows = torch.arange(pos.numel(), device=device)
+        if seen is not None:
+            seen[rows, inp] = True
+        if seen is not None or static_mask is not None:
+            mask = seen if static_mask is None else (static_mask if seen is None else seen | static_mask)
+            ts = scores.gather(1, tgt.view(-1, 1))
+            # Excluded items cannot be recommended; the target itself is still ranked.
+            scores = scores.masked_fill(mask, -math.inf).scatter(1, tgt.view(-1, 1), ts)
+        rank_parts.append(ranks_from_scores(scores, tgt, ties))
+        top = torch.topk(scores, k_max, dim=1).indices
+        for k in ks:
+            kk = min(k, n_items)
+            covered[k][top[:, :kk].reshape(-1)] = True
+            if pop is not None:
+                pop_sum[k] += pop[top[:, :kk]].sum()
+                pop_n[k] += top[:, :kk].numel()
+
+        pos += 1
+        done = pos + 1 >= end  # no target left in this slot's session
+        done_idx = torch.nonzero(done).view(-1)
+        if done_idx.numel():
+            pos, end, state, seen, nxt = _next_sessions(scorer, run, done, done_idx, pos, end, state, seen, nxt)
+
+
+def _next_sessions(
+    scorer: StepScorer,
+    run: _Run,
+    done: torch.Tensor,
+    done_idx: torch.Tensor,
+    pos: torch.Tensor,
+    end: torch.Tensor,
+    state: Any,
+    seen: torch.Tensor | None,
+    nxt: int,
+) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None, int]:
+    """Slots whose session ended take the next sessions; when none are left they are dropped.
+
+    Returns the new (pos, end, state, seen, nxt).
+    """
+    starts, ends = run.starts, run.ends
+    n_new = min(done_idx.numel(), run.n_sessions - nxt)
+    if n_new:
+        refill = done_idx[:n_new]
+        pos[refill] = starts[nxt : nxt + n_new]
+        end[refill] = ends[nxt : nxt + n_new]
+        state = scorer.reset_rows(state, refill)
+        if seen is not None:
+            seen[refill] = False
+        nxt += n_new
+    if n_new < done_idx.numel():
+        keep_mask = torch.ones_like(done)
+        keep_mask[done_idx[n_new:]] = False
+        keep = torch.nonzero(keep_mask).view(-1)
+        pos, end = pos[keep], end[keep]
+        if keep.numel():
+            state = scorer.select_rows(state, keep)
+            if seen is not None:
+                seen = seen[keep]
+    return pos, end, state, seen, nxt
 
 
 def evaluate_model(

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,10 +74,6 @@ class LoadedModel:
     def n_items(self) -> int:
         return self.model.n_items
 
-    @property
-    def model_config(self) -> ModelConfig:
-        return self.model.cfg
-
 
 # --------------------------------------------------------------------------------------------
 # Saving
@@ -130,6 +127,23 @@ def save_model(
     """
     dest = Path(model_dir)
     config = json.loads(json.dumps(dict(config), default=str))  # a plain, detached copy
+    cfg = _model_config_of(config, model)
+    _check_items(items, model.n_items, "items table")
+    config["model"] = cfg.model_dump(mode="json")
+    config.setdefault("train", {})
+    config.update(
+        n_items=model.n_items,
+        format_version=FORMAT_VERSION,
+        package_version=package_version(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        extra=json.loads(json.dumps(extra or {}, default=str)),
+    )
+    _replace_dir(dest, lambda tmp: _write_dir(tmp, model, config, items))
+    return dest
+
+
+def _model_config_of(config: dict, model: GRU4Rec) -> ModelConfig:
+    """The config's "model" part (``model.cfg`` when absent), which must describe ``model``."""
     model_part = config.get("model")
     if model_part is None:
         model_part = model.cfg.model_dump(mode="json")
@@ -141,17 +155,15 @@ def save_model(
         raise ConfigError(
             f"config['model'] ({cfg.model_dump()}) does not describe the model ({model.cfg.model_dump()})"
         )
-    _check_items(items, model.n_items, "items table")
-    config["model"] = cfg.model_dump(mode="json")
-    config.setdefault("train", {})
-    config.update(
-        n_items=model.n_items,
-        format_version=FORMAT_VERSION,
-        package_version=package_version(),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        extra=json.loads(json.dumps(extra or {}, default=str)),
-    )
+    return cfg
 
+
+def _replace_dir(dest: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling with ``write`` and rename it to ``dest`` (putting any old one aside first).
+
+    A reader sees the old directory or the new one, never a mixture; on failure the old one is restored
+    and the temporary one removed.
+    """
     if dest.exists() and not dest.is_dir():
         raise ModelFileError(f"cannot save the model: {dest} exists and is not a directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +172,7 @@ def save_model(
     old = dest.parent / f".{dest.name}.old-{token}"
     tmp.mkdir()
     try:
-        _write_dir(tmp, model, config, items)
+        write(tmp)
         _fsync(tmp)
         if dest.exists():
             _rename(dest, old)
@@ -172,11 +184,10 @@ def save_model(
             shutil.rmtree(old, ignore_errors=True)
         else:
             _rename(tmp, dest)
-        _fsync(dest.parent)
+        _fsync(dest.parent)  # make the renames durable
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,7 +226,18 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     """Load and check a model directory written by :func:`save_model`; the model is in eval mode."""
     d = Path(model_dir)
     config = read_model_config(d)
-    cpath, wpath, ipath = d / CONFIG_FILE, d / WEIGHTS_FILE, d / ITEMS_FILE
+    cfg, n_items = _checked_model_config(config, d / CONFIG_FILE)
+    tensors = _read_weights(d / WEIGHTS_FILE, config)
+    model = _build_model(cfg, n_items, tensors, d / WEIGHTS_FILE)
+    model = model.to(device)
+    model.eval()
+    items = _read_items(d / ITEMS_FILE, config, n_items)
+    item_to_idx = dict(zip(items["item_id"].to_list(), range(n_items)))
+    return LoadedModel(model=model, config=config, items=items, item_to_idx=item_to_idx, directory=d)
+
+
+def _checked_model_config(config: dict, cpath: Path) -> tuple[ModelConfig, int]:
+    """(model config, n_items) from config.json, both checked."""
     try:
         cfg = ModelConfig.model_validate(config["model"])
     except ValidationError as e:
@@ -223,7 +245,11 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     n_items = config["n_items"]
     if not isinstance(n_items, int) or isinstance(n_items, bool) or n_items <= 0:
         raise ModelFileError(f"{cpath}: config.json n_items must be a positive integer, got {n_items!r}")
+    return cfg, n_items
 
+
+def _read_weights(wpath: Path, config: dict) -> dict[str, torch.Tensor]:
+    """The state dict in model.safetensors, which must be the file that was saved (weights_sha256)."""
     try:
         tensors = load_file(str(wpath))
     except Exception as e:  # safetensors raises SafetensorError / OSError for damaged files
@@ -235,7 +261,12 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
             f"{wpath}: model.safetensors does not match the weights_sha256 in config.json "
             f"(file {got[:12]}…, config {str(config['weights_sha256'])[:12]}…): changed after saving"
         )
+    return tensors
 
+
+def _build_model(cfg: ModelConfig, n_items: int, tensors: dict[str, torch.Tensor], wpath: Path) -> GRU4Rec:
+    """The model the config describes, holding ``tensors`` once their names, shapes and dtypes are checked."""
+    # On the meta device: no memory is allocated for weights that are replaced right away.
     with torch.device("meta"):
         model = GRU4Rec(cfg, n_items)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -255,9 +286,11 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
         if not tensors[name].is_floating_point():
             raise ModelFileError(f"{wpath}: tensor {name} has dtype {tensors[name].dtype}, expected floating point")
     model.load_state_dict(tensors, strict=True, assign=True)
-    model = model.to(device)
-    model.eval()
+    return model
 
+
+def _read_items(ipath: Path, config: dict, n_items: int) -> pl.DataFrame:
+    """items.parquet, checked against its hash (when recorded) and against n_items."""
     try:
         items = pl.read_parquet(ipath)
     except Exception as e:
@@ -270,6 +303,6 @@ def load_model(model_dir: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         _check_items(items, n_items, f"{ipath}: items.parquet")
     except ModelFileError as e:
+        # _check_items speaks of the model (saving); here the count comes from config.json.
         raise ModelFileError(str(e).replace("model has n_items", "config has n_items")) from None
-    item_to_idx = dict(zip(items["item_id"].to_list(), range(n_items)))
-    return LoadedModel(model=model, config=config, items=items, item_to_idx=item_to_idx, directory=d)
+    return items

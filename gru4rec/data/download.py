@@ -24,7 +24,6 @@ from gru4rec.errors import SourceUnavailableError
 from gru4rec.io import atomic_path, file_digest
 
 ML1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
-ML1M_MD5_URL = ML1M_URL + ".md5"
 ENV_ML1M_PATH = "GRU4REC_ML1M_PATH"
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -69,25 +68,45 @@ def download_ml1m(
     name = url.rstrip("/").rsplit("/", 1)[-1] or "ml-1m.zip"
     dest = data_dir / name
     digest_file = data_dir / (name + ".md5")
-    if dest.is_file() and digest_file.is_file():
-        try:
-            want = parse_md5(digest_file.read_text(encoding="utf-8", errors="replace"))
-        except ValueError:
-            want = None
-        if want and md5_file(dest) == want:
-            return dest
-    try:
-        with _fetch(md5_url, timeout) as r:
-            md5_text = r.read(1 << 16).decode("utf-8", errors="replace")
-        want = parse_md5(md5_text)
-    except ValueError as e:
-        raise _unavailable("the checksum file is not an md5 file:", md5_url, e) from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise _unavailable("cannot download", md5_url, e) from None
+    if _is_cached(dest, digest_file):
+        return dest
+    want = _fetch_md5(md5_url, timeout)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SourceUnavailableError(f"cannot create the data directory {data_dir} ({e}). {LOCAL_COPY_HINT}") from None
+    _download_verified(url, dest, want, md5_url, timeout)
+    # The digest is stored last: a cached file counts only once both are there and agree.
+    with atomic_path(digest_file) as tmp:
+        tmp.write_text(f"{want}  {name}\n", encoding="utf-8")
+    return dest
+
+
+def _is_cached(dest: Path, digest_file: Path) -> bool:
+    """True when ``dest`` and its stored digest are both there and agree (else it is downloaded again)."""
+    if not (dest.is_file() and digest_file.is_file()):
+        return False
+    try:
+        want = parse_md5(digest_file.read_text(encoding="utf-8", errors="replace"))
+    except ValueError:
+        return False
+    return md5_file(dest) == want
+
+
+def _fetch_md5(md5_url: str, timeout: float) -> str:
+    """The published digest; it is fetched first so a bad download is caught before it reaches the cache."""
+    try:
+        with _fetch(md5_url, timeout) as r:
+            md5_text = r.read(1 << 16).decode("utf-8", errors="replace")
+        return parse_md5(md5_text)
+    except ValueError as e:
+        raise _unavailable("the checksum file is not an md5 file:", md5_url, e) from None
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise _unavailable("cannot download", md5_url, e) from None
+
+
+def _download_verified(url: str, dest: Path, want: str, md5_url: str, timeout: float) -> None:
+    """Download ``url`` to ``dest`` (temp file + rename), hashing while writing; a mismatch keeps nothing."""
     try:
         with atomic_path(dest) as tmp:
             h = hashlib.md5()
@@ -105,9 +124,6 @@ def download_ml1m(
         raise
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise _unavailable("cannot download", url, e) from None
-    with atomic_path(digest_file) as tmp:
-        tmp.write_text(f"{want}  {name}\n", encoding="utf-8")
-    return dest
 
 
 def resolve_ml1m(
@@ -129,7 +145,6 @@ def resolve_ml1m(
 __all__ = [
     "ENV_ML1M_PATH",
     "LOCAL_COPY_HINT",
-    "ML1M_MD5_URL",
     "ML1M_URL",
     "download_ml1m",
     "md5_file",

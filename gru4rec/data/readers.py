@@ -27,7 +27,7 @@ import re
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -77,7 +77,6 @@ class _Raw:
     compression: str = "none"
     member: str | None = None
     latin1: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def _magic(path: Path) -> bytes:
@@ -533,11 +532,24 @@ def _sep_name(sep: str) -> str:
 
 def _diagnose(raw: _Raw, spec: _Delimited) -> None:
     """Find the first offending line (vectorised) and raise a DataFormatError about it."""
-    n = len(spec.fields)
+    lines = _data_lines(raw, spec)
+    if lines is None:
+        return
+    parts = pl.col("line").str.split(spec.sep, literal=True)
+    lines = lines.with_columns(parts.alias("parts"), parts.list.len().alias("nf"))
+    _check_field_counts(raw, spec, lines)
+    _check_values(raw, spec, lines)
+
+
+def _data_lines(raw: _Raw, spec: _Delimited) -> pl.DataFrame | None:
+    """Non-blank data lines (header skipped) with their 1-based line numbers; None if there are none.
+
+    None also when the file cannot be read even as plain lines: the caller then reports Polars' error.
+    """
     try:
         lines = _scan_lines(raw).with_row_index("row").collect()
     except pl.exceptions.PolarsError:
-        return
+        return None
     lines = lines.with_columns(
         (pl.col("row").cast(pl.Int64) + 1).alias("lineno"),
         pl.col("line").str.strip_chars_end("\r").alias("line"),
@@ -545,29 +557,41 @@ def _diagnose(raw: _Raw, spec: _Delimited) -> None:
     if spec.header:
         lines = lines.slice(1)
     lines = lines.filter(pl.col("line").is_not_null() & (pl.col("line").str.strip_chars() != ""))
-    if lines.height == 0:
-        return
-    parts = pl.col("line").str.split(spec.sep, literal=True)
-    lines = lines.with_columns(parts.alias("parts"), parts.list.len().alias("nf"))
+    return lines if lines.height else None
+
+
+def _check_field_counts(raw: _Raw, spec: _Delimited, lines: pl.DataFrame) -> None:
+    """Raise about the first line with the wrong number of fields."""
+    n = len(spec.fields)
     bad_n = (pl.col("nf") != n) if spec.exact else (pl.col("nf") < n)
     if spec.header:
         bad_n = pl.col("nf") != n  # header-defined formats: every line has the header's field count
     bad = lines.filter(bad_n).head(1)
     if bad.height:
         row = bad.row(0, named=True)
-        nf, text = row["nf"], row["line"]
-        if nf == 1:
-            others = [_sep_name(s) for s in ("::", "\t", ",", ";", "|") if s != spec.sep and s in text]
-            msg = f"line has no {_sep_name(spec.sep)} separator (expected {n} fields: {', '.join(spec.fields)})"
-            if others:
-                msg += f"; it looks {' / '.join(others)}-separated: wrong separator or wrong --format?"
-        elif nf < n:
-            msg = f"line has {nf} fields, expected {n} ({', '.join(spec.fields)}): truncated line?"
-        else:
-            msg = f"line has {nf} fields, expected {n} ({', '.join(spec.fields)})"
-            if spec.sep == "::":
-                msg += "; a field contains the separator"
-        raise DataFormatError(msg, file=raw.name, line=row["lineno"], value=text)
+        msg = _field_count_message(spec, row["nf"], row["line"])
+        raise DataFormatError(msg, file=raw.name, line=row["lineno"], value=row["line"])
+
+
+def _field_count_message(spec: _Delimited, nf: int, text: str) -> str:
+    """Say what is wrong with a line of nf fields, guessing the likely cause (separator, truncation)."""
+    n = len(spec.fields)
+    if nf == 1:
+        others = [_sep_name(s) for s in ("::", "\t", ",", ";", "|") if s != spec.sep and s in text]
+        msg = f"line has no {_sep_name(spec.sep)} separator (expected {n} fields: {', '.join(spec.fields)})"
+        if others:
+            msg += f"; it looks {' / '.join(others)}-separated: wrong separator or wrong --format?"
+    elif nf < n:
+        msg = f"line has {nf} fields, expected {n} ({', '.join(spec.fields)}): truncated line?"
+    else:
+        msg = f"line has {nf} fields, expected {n} ({', '.join(spec.fields)})"
+        if spec.sep == "::":
+            msg += "; a field contains the separator"
+    return msg
+
+
+def _check_values(raw: _Raw, spec: _Delimited, lines: pl.DataFrame) -> None:
+    """Raise about the first value that does not parse, checking the columns in spec order."""
     for f, kind in spec.checks:
         j = spec.fields.index(f)
         val = pl.col("parts").list.get(j)
@@ -594,11 +618,11 @@ def _diagnose(raw: _Raw, spec: _Delimited) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _id_expr(name: str, dtype: pl.DataType, out: str) -> tuple[pl.Expr, str]:
-    """Int64 if the column is integral, else String. Returns (expr, kind)."""
+def _id_expr(name: str, dtype: pl.DataType, out: str) -> pl.Expr:
+    """Int64 if the column is integral, else String."""
     if dtype.is_integer():
-        return pl.col(name).cast(pl.Int64).alias(out), "int"
-    return pl.col(name).cast(pl.String).alias(out), "str"
+        return pl.col(name).cast(pl.Int64).alias(out)
+    return pl.col(name).cast(pl.String).alias(out)
 
 
 _ISO_TZ_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%dT%H:%M%:z")
@@ -648,6 +672,24 @@ def _read_mapped(raw: _Raw, fmt: SourceFormat, m: ColumnMapping | None) -> pl.Da
             file=raw.name,
             hint="Give the columns mapping in the config (ingest.columns) or on the command line",
         )
+    lf, schema, first_line = _scan_mapped(raw, fmt, m)
+    wanted = _mapped_columns(raw, fmt, m, schema)
+    exprs = _mapped_exprs(m, schema)
+    try:
+        out = _polars_read(raw, lambda: lf.select(exprs).collect())
+    except pl.exceptions.PolarsError as e:
+        raise DataFormatError(
+            f"cannot read the file as {fmt.value} ({str(e).splitlines()[0]})", file=raw.name
+        ) from None
+    # A value that did not parse is a null: find the first one and name its line, column and text.
+    if out.null_count().sum_horizontal().item():
+        _raise_first_null(raw, m, lf, exprs, out.columns, wanted, first_line)
+    out = out.with_columns(_narrow_id(out["session_key"]), _narrow_id(out["item_id"]))
+    return _non_empty(out, raw, fmt == SourceFormat.CSV)
+
+
+def _scan_mapped(raw: _Raw, fmt: SourceFormat, m: ColumnMapping) -> tuple[pl.LazyFrame, pl.Schema, int]:
+    """(lazy frame, schema, line number of the first data row) of a parquet or csv file."""
     if fmt == SourceFormat.PARQUET:
         try:
             lf = pl.scan_parquet(raw.data if isinstance(raw.data, Path) else io.BytesIO(raw.data))
@@ -656,18 +698,26 @@ def _read_mapped(raw: _Raw, fmt: SourceFormat, m: ColumnMapping | None) -> pl.Da
             raise DataFormatError(
                 f"cannot read the file as parquet ({str(e).splitlines()[0]})", file=raw.name
             ) from None
-        first_line = 1  # row 1 = first row
-    else:
+        return lf, schema, 1  # row 1 = first row
+    return (*_scan_csv_strings(raw, m), 2)  # line 1 is the header
 
-        def scan() -> pl.LazyFrame:
-            return pl.scan_csv(raw.data, separator=m.separator, infer_schema=False, encoding="utf8")
 
-        try:
-            schema = _polars_read(raw, lambda: scan().collect_schema())
-        except pl.exceptions.PolarsError as e:
-            raise DataFormatError(f"cannot read the file as csv ({str(e).splitlines()[0]})", file=raw.name) from None
-        lf = scan()
-        first_line = 2  # line 1 is the header
+def _scan_csv_strings(raw: _Raw, m: ColumnMapping) -> tuple[pl.LazyFrame, pl.Schema]:
+    """All columns as strings: each mapped column is then parsed the way its role needs."""
+
+    def scan() -> pl.LazyFrame:
+        return pl.scan_csv(raw.data, separator=m.separator, infer_schema=False, encoding="utf8")
+
+    try:
+        schema = _polars_read(raw, lambda: scan().collect_schema())
+    except pl.exceptions.PolarsError as e:
+        raise DataFormatError(f"cannot read the file as csv ({str(e).splitlines()[0]})", file=raw.name) from None
+    # Scanned again: reading the schema may have re-encoded raw.data from latin-1.
+    return scan(), schema
+
+
+def _mapped_columns(raw: _Raw, fmt: SourceFormat, m: ColumnMapping, schema: pl.Schema) -> dict[str, str]:
+    """{role: column} of the mapping; every mapped column must be in the file."""
     wanted = {"session": m.session, "item": m.item, "time": m.time}
     if m.rating:
         wanted["rating"] = m.rating
@@ -679,47 +729,69 @@ def _read_mapped(raw: _Raw, fmt: SourceFormat, m: ColumnMapping | None) -> pl.Da
             line=1 if fmt == SourceFormat.CSV else None,
             hint="Fix the column mapping",
         )
-    sess, _ = _id_expr(m.session, schema[m.session], "session_key")
-    item, _ = _id_expr(m.item, schema[m.item], "item_id")
-    exprs = [sess, item, _time_expr(pl.col(m.time), schema[m.time], m).alias("timestamp")]
-    raw_cols = [
-        pl.col(m.session).alias("_raw_session_key"),
-        pl.col(m.item).alias("_raw_item_id"),
-        pl.col(m.time).cast(pl.String).alias("_raw_timestamp"),
+    return wanted
+
+
+def _mapped_exprs(m: ColumnMapping, schema: pl.Schema) -> list[pl.Expr]:
+    """The canonical columns, computed from the mapped ones (null where a value does not parse)."""
+    exprs = [
+        _id_expr(m.session, schema[m.session], "session_key"),
+        _id_expr(m.item, schema[m.item], "item_id"),
+        _time_expr(pl.col(m.time), schema[m.time], m).alias("timestamp"),
     ]
     if m.rating:
         r = pl.col(m.rating)
         exprs.append(
             (r.str.strip_chars() if schema[m.rating] == pl.String else r).cast(pl.Float64, strict=False).alias("rating")
         )
-        raw_cols.append(pl.col(m.rating).cast(pl.String).alias("_raw_rating"))
-    try:
-        out = _polars_read(raw, lambda: lf.select(exprs).collect())
-    except pl.exceptions.PolarsError as e:
-        raise DataFormatError(
-            f"cannot read the file as {fmt.value} ({str(e).splitlines()[0]})", file=raw.name
-        ) from None
-    if out.null_count().sum_horizontal().item():
-        full = lf.select(exprs + raw_cols).with_row_index("row").collect()
-        for c in out.columns:
-            bad = full.filter(pl.col(c).is_null()).head(1)
-            if bad.height:
-                r = bad.row(0, named=True)
-                rawv = r[f"_raw_{c}"]
-                what = "empty value" if rawv is None or str(rawv).strip() == "" else "value cannot be parsed"
-                if c == "timestamp":
-                    what += f" as time (time_unit={m.time_unit}" + (
-                        f", format {m.time_format!r})" if m.time_format else ")"
-                    )
-                raise DataFormatError(
-                    f"{what} in column {wanted[{'session_key': 'session', 'item_id': 'item', 'timestamp': 'time'}.get(c, 'rating')]}",
-                    file=raw.name,
-                    line=r["row"] + first_line,
-                    column=wanted[{"session_key": "session", "item_id": "item", "timestamp": "time"}.get(c, "rating")],
-                    value="" if rawv is None else rawv,
+    return exprs
+
+
+def _raw_exprs(m: ColumnMapping) -> list[pl.Expr]:
+    """The mapped columns as read, named ``_raw_<canonical column>`` (to show an unparseable value)."""
+    exprs = [
+        pl.col(m.session).alias("_raw_session_key"),
+        pl.col(m.item).alias("_raw_item_id"),
+        pl.col(m.time).cast(pl.String).alias("_raw_timestamp"),
+    ]
+    if m.rating:
+        exprs.append(pl.col(m.rating).cast(pl.String).alias("_raw_rating"))
+    return exprs
+
+
+# Canonical column -> its role in the column mapping.
+_ROLES = {"session_key": "session", "item_id": "item", "timestamp": "time", "rating": "rating"}
+
+
+def _raise_first_null(
+    raw: _Raw,
+    m: ColumnMapping,
+    lf: pl.LazyFrame,
+    exprs: list[pl.Expr],
+    columns: list[str],
+    wanted: dict[str, str],
+    first_line: int,
+) -> None:
+    """Re-read with the raw values beside the parsed ones; raise about the first null, column by column."""
+    full = lf.select(exprs + _raw_exprs(m)).with_row_index("row").collect()
+    for c in columns:
+        bad = full.filter(pl.col(c).is_null()).head(1)
+        if bad.height:
+            r = bad.row(0, named=True)
+            rawv = r[f"_raw_{c}"]
+            what = "empty value" if rawv is None or str(rawv).strip() == "" else "value cannot be parsed"
+            if c == "timestamp":
+                what += f" as time (time_unit={m.time_unit}" + (
+                    f", format {m.time_format!r})" if m.time_format else ")"
                 )
-    out = out.with_columns(_narrow_id(out["session_key"]), _narrow_id(out["item_id"]))
-    return _non_empty(out, raw, fmt == SourceFormat.CSV)
+            column = wanted[_ROLES[c]]
+            raise DataFormatError(
+                f"{what} in column {column}",
+                file=raw.name,
+                line=r["row"] + first_line,
+                column=column,
+                value="" if rawv is None else rawv,
+            )
 
 
 def _narrow_id(s: pl.Series) -> pl.Series:

@@ -64,7 +64,7 @@ SPLITS = ("train", "valid", "test")
 REQUIRED = ("session_key", "item_id", "timestamp")
 
 # Internal column names (never written).
-_ROW, _SID, _N, _FIRST, _LAST = "_row", "_sid", "_n", "_first", "_last"
+_SID, _N = "_sid", "_n"
 
 _FIRST_E = pl.col(_SID).ne_missing(pl.col(_SID).shift(1))
 _LAST_E = pl.col(_SID).ne_missing(pl.col(_SID).shift(-1))
@@ -417,71 +417,28 @@ def make_split(
     if "events" not in tables:
         raise DataFormatError("make_split needs tables['events'] (the canonical events parquet)")
     cfg = resolve_split_defaults(cfg, fmt, has_test_source="test" in tables)
-    cfg_json = cfg.model_dump(mode="json")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # No manifest = not a split: a reader never takes a half-rewritten directory for a finished one.
     (out_dir / MANIFEST).unlink(missing_ok=True)
 
     counter = _Counter()
-    info: dict[str, Any] = {}
-    has_valid = True
+    info: dict[str, Any] = {}  # split boundaries (ms), filled by the split rule
     if cfg.split == "given":
-        if "test" not in tables:
-            raise SplitError("split='given' needs a test table (--test-source); or choose session-end/global-cut")
-        has_valid = "valid" in tables
-        names = {"train": "events", "valid": "valid", "test": "test"}
-        parts, sessions, n_in, s_in = {}, {}, 0, 0
-        dtypes = None
-        for name in SPLITS:
-            if name == "valid" and not has_valid:
-                parts[name], sessions[name] = parts["train"].clear(), sessions["train"].clear()
-                continue
-            df, sessions[name] = _sessionize(_read_events(tables[names[name]], names[name]), cfg)
-            d = (sessions[name].schema["session_key"], df.schema["item_id"])
-            if dtypes is not None and d != dtypes:
-                raise DataFormatError(
-                    f"{name} table has (session_key, item_id) types {d}, the train table {dtypes}; "
-                    "all tables of split='given' must come from the same format",
-                    file=str(tables[names[name]]),
-                )
-            dtypes = d
-            n_in, s_in = n_in + df.height, s_in + sessions[name].height
-            parts[name] = _remove_repeats(df, cfg, counter)
-        inputs = {"events": n_in, "sessions": s_in}
+        parts, sessions, inputs, has_valid = _read_given(tables, cfg, counter)
         rounds = 0
     else:
-        df, sess = _sessionize(_read_events(tables["events"], "events"), cfg)
-        sessions = dict.fromkeys(SPLITS, sess)
-        inputs = {"events": df.height, "sessions": sess.height, "items": df["item_id"].n_unique()}
-        df = _remove_repeats(df, cfg, counter)
-        df, rounds = _filter_until_stable(df, cfg, counter)
-        if df.height == 0:
-            raise SplitError(
-                f"no events left after filtering (min_session_length={cfg.min_session_length}, "
-                f"min_item_support={cfg.min_item_support}): {counter.removed}. Fix: lower the thresholds"
-            )
-        if cfg.split == "session-end":
-            parts = _split_session_end(df, cfg, info)
-        else:
-            counter.add("cut_at_boundary", 0, 0)
-            parts = _split_global_cut(df, cfg, info, counter)
-        del df
+        parts, sessions, inputs, rounds = _filter_and_split(tables["events"], cfg, counter, info)
+        has_valid = True
     counter.add("short_after_split", 0, 0)
     pre = _restrict_and_clean(parts, counter)
     _check(parts, pre, cfg, counter, has_valid)
 
     parts = _order_and_number(parts, sessions, cfg)
-    del sessions
+    del sessions  # free the session tables before the item join
     items = _item_index(parts)
-    idx = items.select("item_id", "item_idx")
-    for name in SPLITS:
-        parts[name] = (
-            parts[name]
-            .join(idx, on="item_id", how="left", maintain_order="left")
-            .select("session_id", "session_key", "item_idx", "item_id", "timestamp")
-            .rechunk()
-        )
-
+    _add_item_idx(parts, items)
+    cfg_json = cfg.model_dump(mode="json")
     stats = {
         "input": inputs,
         "splits": {name: _split_stats(parts[name]) for name in SPLITS},
@@ -491,13 +448,97 @@ def make_split(
         "boundaries": {k: {"ms": int(v), "iso": _iso(v)} for k, v in info.items()},
         "config": cfg_json,
     }
+    _write_data(out_dir, parts, items, stats)
+    return _write_manifest(out_dir, fmt, cfg_json, lineage, stats)
+
+
+# The table each split of split='given' is read from.
+_GIVEN_TABLES = {"train": "events", "valid": "valid", "test": "test"}
+
+
+def _read_given(
+    tables: dict[str, Path], cfg: SplitConfig, counter: _Counter
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame], dict[str, int], bool]:
+    """split='given': sessionize each table on its own; no filtering or cutting (only remove_repeats).
+
+    Returns (parts, sessions, input counts, has_valid).
+    """
+    if "test" not in tables:
+        raise SplitError("split='given' needs a test table (--test-source); or choose session-end/global-cut")
+    has_valid = "valid" in tables
+    parts, sessions, n_in, s_in = {}, {}, 0, 0
+    dtypes = None
+    for name in SPLITS:
+        if name == "valid" and not has_valid:
+            # An empty valid split with train's schema lets every later step treat the three alike.
+            parts[name], sessions[name] = parts["train"].clear(), sessions["train"].clear()
+            continue
+        table = _GIVEN_TABLES[name]
+        df, sessions[name] = _sessionize(_read_events(tables[table], table), cfg)
+        d = (sessions[name].schema["session_key"], df.schema["item_id"])
+        # Ids of different types would never match across splits (and cannot be concatenated).
+        if dtypes is not None and d != dtypes:
+            raise DataFormatError(
+                f"{name} table has (session_key, item_id) types {d}, the train table {dtypes}; "
+                "all tables of split='given' must come from the same format",
+                file=str(tables[table]),
+            )
+        dtypes = d
+        n_in, s_in = n_in + df.height, s_in + sessions[name].height
+        parts[name] = _remove_repeats(df, cfg, counter)
+    return parts, sessions, {"events": n_in, "sessions": s_in}, has_valid
+
+
+def _filter_and_split(
+    path: Path, cfg: SplitConfig, counter: _Counter, info: dict
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame], dict[str, int], int]:
+    """session-end / global-cut: sessionize one table, filter it, cut it in three by time.
+
+    Returns (parts, sessions, input counts, filter rounds).
+    """
+    df, sess = _sessionize(_read_events(path, "events"), cfg)
+    # One sessionization serves all three splits: its _sid is unique across them.
+    sessions = dict.fromkeys(SPLITS, sess)
+    inputs = {"events": df.height, "sessions": sess.height, "items": df["item_id"].n_unique()}
+    df = _remove_repeats(df, cfg, counter)
+    df, rounds = _filter_until_stable(df, cfg, counter)
+    if df.height == 0:
+        raise SplitError(
+            f"no events left after filtering (min_session_length={cfg.min_session_length}, "
+            f"min_item_support={cfg.min_item_support}): {counter.removed}. Fix: lower the thresholds"
+        )
+    if cfg.split == "session-end":
+        parts = _split_session_end(df, cfg, info)
+    else:
+        counter.add("cut_at_boundary", 0, 0)  # listed in the stats even when nothing is cut
+        parts = _split_global_cut(df, cfg, info, counter)
+    return parts, sessions, inputs, rounds
+
+
+def _add_item_idx(parts: dict[str, pl.DataFrame], items: pl.DataFrame) -> None:
+    """Give every event its item_idx and put the columns in the written order (in place)."""
+    idx = items.select("item_id", "item_idx")
+    for name in SPLITS:
+        parts[name] = (
+            parts[name]
+            .join(idx, on="item_id", how="left", maintain_order="left")
+            .select("session_id", "session_key", "item_idx", "item_id", "timestamp")
+            .rechunk()
+        )
+
+
+def _write_data(out_dir: Path, parts: dict[str, pl.DataFrame], items: pl.DataFrame, stats: dict) -> None:
     for name in SPLITS:
         write_parquet_atomic(parts[name], out_dir / f"{name}.parquet")
     write_parquet_atomic(items.rechunk(), out_dir / "items.parquet")
     write_json_atomic(out_dir / "stats.json", stats)
 
+
+def _write_manifest(out_dir: Path, fmt: SourceFormat, cfg_json: dict, lineage: dict | None, stats: dict) -> dict:
+    """Hash the written files and write manifest.json last: its presence marks the split complete."""
     files = {name: {"sha256": sha256_file(out_dir / name), "bytes": (out_dir / name).stat().st_size}
              for name in SPLIT_FILES}  # fmt: skip
+    # created_at stays out of the fingerprint: same input + config = same fingerprint.
     fingerprint = sha256_json({"files": sorted((n, f["sha256"]) for n, f in files.items()), "config": cfg_json})
     manifest = {
         "kind": "gru4rec-split",
