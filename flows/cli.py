@@ -135,6 +135,9 @@ def _run_flow(flow_fn, config):
     except RuntimeError as e:
         if "ephemeral Prefect API server" not in str(e):
             raise
+        if "exited with code" in str(e):
+            home = os.environ.get("PREFECT_HOME", "~/.prefect")
+            _fail(f"the temporary Prefect server exited while starting; is PREFECT_HOME={home} writable? ({str(e)[:300]})")
         _fail(
             f"the temporary Prefect server did not start within {os.environ.get(EPHEMERAL_STARTUP_TIMEOUT)} s "
             f"(a busy machine?): raise {EPHEMERAL_STARTUP_TIMEOUT}, or start `prefect server start` and set "

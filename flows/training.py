@@ -13,7 +13,6 @@ import json
 import subprocess
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -21,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
 
 from flows.config import PipelineConfig
+from flows.run_state import RunDirectory, mark_flow_run_crashed, open_run_directory, run_key, write_state
 from gru4rec.config import Gru4RecConfig
 from gru4rec.data.splitter import split_stats_table
 from gru4rec.device import select_device
@@ -131,16 +131,27 @@ class RunContext:
     workdir: Path
     run_dir: Path
     flow_run_id: str
+    run_key: str
+    source_key: str
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _start_run(config: PipelineConfig) -> RunContext:
+def _start_run(config: PipelineConfig) -> tuple[RunContext, RunDirectory]:
+    """A run directory: the interrupted run with the same settings and data (resumed), or a new one."""
+    logger = get_run_logger()
     flow_run_id = str(get_run_context().flow_run.id)
     workdir = Path(config.workdir).expanduser().resolve()
-    run_dir = workdir / "runs" / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{flow_run_id[:8]}"
-    get_run_logger().info("run directory: %s", run_dir)
-    return RunContext(config, workdir, run_dir, flow_run_id)
+    source_key = fingerprint_task(config.ingest)
+    key = run_key(config.model_dump(mode="json"), source_key)
+    directory = open_run_directory(workdir, key, flow_run_id)
+    if directory.previous is not None:
+        old = directory.previous.get("flow_run_id")
+        logger.warning("resuming the interrupted run in %s (flow run %s)", directory.path, old)
+        if old and old != flow_run_id and mark_flow_run_crashed(old, f"interrupted; resumed by flow run {flow_run_id}"):
+            logger.info("flow run %s marked Crashed", old)
+    logger.info("run directory: %s", directory.path)
+    return RunContext(config, workdir, directory.path, flow_run_id, key, source_key), directory
 
 
 def _prepare_split(run: RunContext) -> dict:
@@ -148,7 +159,7 @@ def _prepare_split(run: RunContext) -> dict:
     config, data_dir = run.config, run.run_dir / "data"
     cache = dict(use_cache=config.cache_data, cache_scope=str(run.workdir))
     t = time.perf_counter()
-    source_key = fingerprint_task(config.ingest) if config.cache_data else ""
+    source_key = run.source_key if config.cache_data else ""
     ingest = cached_or_recomputed(
         ingest_task, listed_files_intact, config.ingest, str(data_dir / "ingest"), source_key=source_key, **cache
     )
@@ -228,14 +239,15 @@ def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, re
         artifact_location,
         {
             "git_commit": _git_commit(),
+            "run_key": run.run_key,
             "prefect_flow_run_id": run.flow_run_id,
             "preset": config.training.preset,
             "device": device,
         },
         [data["validation"], str(Path(data["split_dir"]) / "stats.json"), str(run.run_dir / "metrics.json"), str(model_dir / "history.json")],
         f"{config.training.preset}-{run.flow_run_id[:8]}",
-        # one flow run registers one model: a retried or resumed registration reuses its version
-        f"{run.flow_run_id}-{json.loads((model_dir / 'config.json').read_text())['weights_sha256'][:16]}",
+        # one run registers one model: a retried or resumed registration reuses its version
+        f"{run.run_key[:32]}-{json.loads((model_dir / 'config.json').read_text())['weights_sha256'][:16]}",
     )
     reg["primary_metric"] = config.registry.primary_metric
     run.timings["register"] = time.perf_counter() - t
@@ -246,7 +258,18 @@ def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, re
 @flow(name="training_pipeline", log_prints=True)
 def training_pipeline(config: PipelineConfig | None = None) -> dict:
     """Raw interaction log → validated split → trained GRU4Rec → evaluated → registered in MLflow."""
-    run = _start_run(config or PipelineConfig())
+    run, directory = _start_run(config or PipelineConfig())
+    try:
+        result = _run_steps(run)
+    except BaseException:
+        write_state(run.run_dir, run.run_key, run.flow_run_id, "failed")
+        raise
+    finally:
+        directory.lock.release()
+    return result
+
+
+def _run_steps(run: RunContext) -> dict:
     data = _prepare_split(run)
     summary, cfg, device = _train(run, data)
     report = _evaluate(run, data, summary["model_dir"])
@@ -270,4 +293,5 @@ def training_pipeline(config: PipelineConfig | None = None) -> dict:
         "flow_run_id": run.flow_run_id,
     }
     write_json_atomic(run.run_dir / "summary.json", result)
+    write_state(run.run_dir, run.run_key, run.flow_run_id, "completed")
     return result

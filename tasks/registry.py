@@ -359,6 +359,21 @@ def record_decision(client, registry_name: str, version: str, decision: Decision
     client.set_model_version_tag(registry_name, version, ALIAS_TAG, decision.alias)
 
 
+def fail_interrupted_runs(tracking_uri: str | None, experiment: str, run_key: str) -> list[str]:
+    """Mark FAILED the MLflow runs of this pipeline run (tag ``run_key``) still RUNNING: their
+    process was killed (a live run holds the run directory's lock, so none of them is live)."""
+    client = connect(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    stuck = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.run_key = '{run_key}' AND attributes.status = 'RUNNING'"
+    )
+    for run in stuck:
+        client.set_terminated(run.info.run_id, status="FAILED")
+    return [run.info.run_id for run in stuck]
+
+
 def find_version_by_key(client, registry_name: str, registration_key: str):
     """The (first) version of registry_name tagged registration_key, or None."""
     if "'" in registration_key or "'" in registry_name:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.caching import ContentKey
@@ -67,8 +67,12 @@ def register_task(
     run_name: str,
     registration_key: str,
 ) -> dict:
-    from tasks.registry import log_and_register
+    from tasks.registry import fail_interrupted_runs, log_and_register
 
+    if tags.get("run_key"):  # a resumed run: what its killed predecessor left RUNNING is marked FAILED
+        failed = fail_interrupted_runs(tracking_uri, registry["experiment"], tags["run_key"])
+        if failed:
+            get_run_logger().warning("MLflow runs of the interrupted run marked FAILED: %s", ", ".join(failed))
     result = log_and_register(
         model_dir,
         metrics=metrics,

@@ -209,7 +209,7 @@ def test_registration_failing_after_the_version_exists_is_retried_without_a_dupl
         return real(*args, **kwargs)
 
     monkeypatch.setattr(registry, "record_decision", lost_connection_once)
-    result = training_pipeline(_config(workdir, src))
+    result = training_pipeline(_config(workdir, src, overrides={"train.seed": 5}))
     client, after = _versions(workdir)
     assert len(calls) == 2 and len(after) == len(before) + 1, "the retry must finish the version it created"
     version = client.get_model_version("ml100k", result["registration"]["version"])
