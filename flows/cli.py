@@ -79,37 +79,53 @@ def _prefect_env() -> None:
         logging.getLogger(name).addFilter(_NoTracebackForUserErrors())
 
 
-# Runs beside the CLI: when the CLI's process is gone (even after kill -9, which skips Prefect's own
-# atexit shutdown) it stops the temporary server, so no orphaned server is left holding memory.
+# Runs beside the CLI from before the temporary server starts: it notes the CLI's uvicorn children
+# (the server) and, once the CLI's process is gone — even after kill -9, which skips Prefect's own
+# atexit shutdown — stops them, so no orphaned server is left holding memory.
 SERVER_WATCHDOG = """
 import os, signal, sys, time
-cli, server = int(sys.argv[1]), int(sys.argv[2])
+from pathlib import Path
+cli = int(sys.argv[1])
 def alive(pid):
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False
-while alive(cli) and alive(server):
-    time.sleep(0.5)
-try:
-    with open(f"/proc/{server}/cmdline", "rb") as f:  # still our server, not a reused pid
-        ours = b"uvicorn" in f.read()
-    if ours:
-        os.kill(server, signal.SIGTERM)
-        for _ in range(50):
-            time.sleep(0.1)
-            if not alive(server):
-                break
-        else:
+def servers_of(pid):
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                if b"uvicorn" in (stat.parent / "cmdline").read_bytes():
+                    found.add(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+servers = set()
+while alive(cli):
+    servers |= servers_of(cli)
+    time.sleep(0.2)
+for server in servers:
+    try:
+        if b"uvicorn" in Path(f"/proc/{server}/cmdline").read_bytes():  # still ours, not a reused pid
+            os.kill(server, signal.SIGTERM)
+    except (OSError, ProcessLookupError):
+        pass
+for _ in range(50):
+    if not any(alive(s) for s in servers):
+        break
+    time.sleep(0.1)
+for server in servers:
+    try:
+        if alive(server) and b"uvicorn" in Path(f"/proc/{server}/cmdline").read_bytes():
             os.kill(server, signal.SIGKILL)
-except (OSError, ProcessLookupError):
-    pass
+    except (OSError, ProcessLookupError):
+        pass
 """
 
 
 def _start_temporary_server() -> None:
-    """Start Prefect's temporary server now (the one its flows would start) and watch it."""
+    """Start Prefect's temporary server now (the one its flows would start), watched from the start."""
     import subprocess
 
     from prefect.server.api.server import SubprocessASGIServer
@@ -117,11 +133,11 @@ def _start_temporary_server() -> None:
     server = SubprocessASGIServer()
     if server.running:
         return
-    server.start(timeout=int(os.environ[EPHEMERAL_STARTUP_TIMEOUT]))
     subprocess.Popen(  # noqa: S603 - our own interpreter and code
-        [sys.executable, "-c", SERVER_WATCHDOG, str(os.getpid()), str(server.server_process.pid)],
+        [sys.executable, "-c", SERVER_WATCHDOG, str(os.getpid())],
         start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    server.start(timeout=int(os.environ[EPHEMERAL_STARTUP_TIMEOUT]))
 
 
 def _run_flow(flow_fn, config):

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gru4rec.faults import kill_point
+
 CHAMPION, CHALLENGER = "champion", "challenger"
 REGISTRATION_KEY_TAG = "registration_key"
 ALIAS_TAG = "alias"  # written last: a version carrying it is fully registered
@@ -326,6 +328,7 @@ def log_run(
         for path in extra_artifacts or []:
             mlflow.log_artifact(str(path))
         info = _log_pyfunc(mlflow, model_dir, registry_name, version_tags)
+        kill_point("registry-version-created")  # the version exists, untagged, its run still RUNNING
     return run.info.run_id, str(info.registered_model_version)
 
 
@@ -355,7 +358,9 @@ def record_decision(client, registry_name: str, version: str, decision: Decision
     }
     for key, value in tags.items():
         client.set_model_version_tag(registry_name, version, key, value)
+    kill_point("registry-tagged")  # tags written, alias not yet moved
     client.set_registered_model_alias(registry_name, decision.alias, version)
+    kill_point("registry-alias-set")  # alias moved, the final `alias` tag not yet written
     client.set_model_version_tag(registry_name, version, ALIAS_TAG, decision.alias)
 
 
