@@ -14,16 +14,20 @@ from prefect import serve
 from flows.batch import batch_recommend
 from flows.training import training_pipeline
 
+NIGHTLY_MODEL = "gru4rec-ml1m"  # trained by the nightly deployment, served by batch-recommend
+
 
 def deployments():
     nightly = training_pipeline.to_deployment(
         name="nightly-ml1m",
         cron="0 2 * * *",
         tags=["gru4rec", "nightly"],
-        parameters={"config": {"training": {"preset": "gru4rec-xe"}, "registry": {"name": "gru4rec-ml1m"}}},
+        parameters={"config": {"training": {"preset": "gru4rec-xe"}, "registry": {"name": NIGHTLY_MODEL}}},
     )
     on_demand = training_pipeline.to_deployment(name="on-demand", tags=["gru4rec", "manual"])
-    batch = batch_recommend.to_deployment(name="batch-recommend", tags=["gru4rec", "inference"])
+    batch = batch_recommend.to_deployment(
+        name="batch-recommend", tags=["gru4rec", "inference"], parameters={"model_name": NIGHTLY_MODEL}
+    )
     return [nightly, on_demand, batch]
 
 

@@ -35,3 +35,17 @@ def test_served_deployments_build():
     deps = deployments()
     assert [d.name for d in deps] == ["nightly-ml1m", "on-demand", "batch-recommend"]
     assert deps[0].schedules and deps[0].schedules[0].schedule.cron == "0 2 * * *"
+
+
+def test_serving_deployments_read_a_model_that_a_deployment_trains():
+    from flows.serve import deployments
+
+    spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
+    trained = {PipelineConfig.model_validate(d["parameters"]["config"]).registry.name
+               for d in spec["deployments"] if "config" in d.get("parameters", {})}
+    served = [d["parameters"]["model_name"] for d in spec["deployments"] if "model_name" in d.get("parameters", {})]
+    assert served and set(served) <= trained
+    by_name = {d.name: d for d in deployments()}
+    assert by_name["batch-recommend"].parameters["model_name"] == (
+        by_name["nightly-ml1m"].parameters["config"]["registry"]["name"]
+    )
