@@ -6,6 +6,8 @@ pipeline's Prefect tasks. They take and return paths and small JSON-able summari
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from gru4rec.data.split_dir import Split, load_split, session_arrays, training_s
 from gru4rec.device import select_device
 from gru4rec.errors import ConfigError, ModelFileError
 from gru4rec.io import write_json_atomic
+
+WORK_LOCK = ".lock"  # held in the checkpoint directory while a training writes there
 
 DEFAULT_KS = (1, 5, 10, 20)
 
@@ -49,33 +53,112 @@ def train_on_split(
     resume: bool = True,
     preset: str | None = None,
     callbacks=None,
+    overwrite: bool = False,
 ) -> dict:
     """Train on a split directory and write a model directory (weights, config, items, history).
 
     Checkpoints go to ``work_dir`` (default ``<model_dir>.work``) after every epoch, so a killed
-    run started again with the same arguments resumes where it stopped.
+    run started again with the same arguments resumes where it stopped (only the very same job is
+    resumed: see `gru4rec.trainer`). ``model_dir`` must not overlap the split directory; an existing
+    one is replaced only when it is empty or a model directory (`gru4rec.persist.check_destination`)
+    unless ``overwrite``. Nothing is created before these checks; the leftovers of a killed training
+    into the same place are removed first. The summary's ``notes`` say what was resumed or set aside.
     """
-    from gru4rec.persist import save_model
+    from gru4rec.persist import check_destination, save_model
     from gru4rec.trainer import train
 
     select_device(cfg.train.device)  # an absent device is an error before anything is created
     split = load_split(split_dir)
     model_dir = Path(model_dir)
     work = Path(work_dir) if work_dir else model_dir.with_name(model_dir.name + ".work")
-    result = train(split, cfg, work, full=full, resume=resume, callbacks=callbacks)
-    extra = {
+    _check_places(Path(split_dir), model_dir, work)
+    check_destination(model_dir, overwrite)
+    with _holding(work, model_dir):
+        notes = _clean_up(model_dir, overwrite)
+        try:
+            result = train(split, cfg, work, full=full, resume=resume, callbacks=callbacks)
+            extra = _provenance(split, result, preset, full)
+            items = items_for_model(split, full)
+            config = cfg.model_dump(mode="json")
+            save_model(model_dir, result.model, config, items, extra=extra, history=result.history, overwrite=overwrite)
+        except BaseException:
+            _clean_after_failure(work, model_dir)
+            raise
+    notes += result.extra.get("notes", [])
+    return {"model_dir": str(model_dir), "history": result.history, **extra, "notes": notes}
+
+
+def _provenance(split: Split, result, preset: str | None, full: bool) -> dict:
+    """What config.json records under "extra" about how the model was trained."""
+    return {
         "preset": preset,
         "trained_on": "train+valid" if full else "train",
-        "split_dir": str(Path(split_dir).resolve()),
+        "split_dir": str(split.directory.resolve()),
         "split_fingerprint": split.fingerprint(),
         "device": str(result.device),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "epochs_run": len(result.history),
     }
-    save_model(model_dir, result.model, cfg.model_dump(mode="json"), items_for_model(split, full), extra=extra)
-    write_json_atomic(model_dir / "history.json", result.history)
-    return {"model_dir": str(model_dir), "history": result.history, **extra}
+
+
+def _check_places(split_dir: Path, model_dir: Path, work: Path) -> None:
+    """The model and checkpoint directories must lie outside the split (and not contain it) and apart."""
+    places = {
+        "the split directory": split_dir.resolve(),
+        "--out": model_dir.resolve(),
+        "its checkpoint directory": work.resolve(),
+    }
+    names = list(places)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            pa, pb = places[a], places[b]
+            if pa == pb or pa in pb.parents or pb in pa.parents:
+                raise ConfigError(
+                    f"{a} {pa} and {b} {pb} overlap: the model is written outside the split and its "
+                    "checkpoints beside it; choose another --out"
+                )
+
+
+@contextlib.contextmanager
+def _holding(work: Path, model_dir: Path) -> Iterator[None]:
+    """Create the checkpoint directory and hold its lock: one training at a time writes to a place."""
+    from filelock import FileLock, Timeout
+
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"cannot keep checkpoints in {work}: it exists and is not a directory") from None
+    lock = FileLock(str(work / WORK_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ConfigError(f"another training is writing to {model_dir} (it holds {work / WORK_LOCK})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _clean_up(model_dir: Path, overwrite: bool) -> list[str]:
+    """Under the lock: remove what a killed save left beside the model directory; notes on it."""
+    from gru4rec.persist import check_destination, clean_leftovers
+
+    notes = []
+    if leftovers := clean_leftovers(model_dir):
+        notes.append(f"removed what an interrupted save left beside {model_dir}: {', '.join(leftovers)}")
+    check_destination(model_dir, overwrite)  # again: a previous model may have been put back in place
+    return notes
+
+
+def _clean_after_failure(work: Path, model_dir: Path) -> None:
+    """Normally nothing is left (atomic writes clean up after themselves); make sure of it."""
+    from gru4rec.persist import clean_leftovers
+    from gru4rec.trainer import clean_temp_files
+
+    with contextlib.suppress(OSError):
+        clean_temp_files(work)
+        clean_leftovers(model_dir)
 
 
 def _check_compatible(split: Split, loaded, model_dir: Path) -> None:

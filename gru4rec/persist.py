@@ -7,7 +7,8 @@
       items.parquet       item_idx, item_id, count (+ any other columns of the split's items table)
 
 The directory is written whole into a temporary sibling and renamed into place, so a reader sees
-either the old model or the new one, never a mixture. Loading checks everything it can (files,
+either the old model or the new one, never a mixture. Only a directory of ours (recognised by its
+config.json; holding nothing but our files) or an empty one is replaced, unless ``overwrite=True``. Loading checks everything it can (files,
 format version, hashes, tensor names and shapes against the config, the item table) and reports
 each problem as a :class:`~gru4rec.errors.ModelFileError` naming the file and what is wrong.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from gru4rec.errors import ConfigError, ModelFileError, raise_if_transient
-from gru4rec.io import sha256_file
+from gru4rec.io import publish_mode, sha256_file
 from gru4rec.model import GRU4Rec, ModelConfig
 
 FORMAT_VERSION = 1
@@ -40,7 +42,9 @@ SUPPORTED_FORMAT_VERSIONS = (1,)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 ITEMS_FILE = "items.parquet"
+HISTORY_FILE = "history.json"
 MODEL_FILES = (WEIGHTS_FILE, CONFIG_FILE, ITEMS_FILE)
+OUR_FILES = frozenset((*MODEL_FILES, HISTORY_FILE))  # all save_model writes (history.json when given)
 ITEM_COLUMNS = ("item_idx", "item_id", "count")
 
 # Indirection so tests can simulate a failure between the renames of an atomic replace.
@@ -100,14 +104,19 @@ def _fsync(path: Path) -> None:
             os.close(fd)
 
 
-def _write_dir(tmp: Path, model: GRU4Rec, config: dict, items: pl.DataFrame) -> None:
+def _write_dir(tmp: Path, model: GRU4Rec, config: dict, items: pl.DataFrame, history: list | None) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
     items.write_parquet(tmp / ITEMS_FILE, compression="zstd", statistics=True)
     config["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
     config["items_sha256"] = sha256_file(tmp / ITEMS_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
-    for name in MODEL_FILES:
+    names = list(MODEL_FILES)
+    if history is not None:
+        (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2, default=str) + "\n", encoding="utf-8")
+        names.append(HISTORY_FILE)
+    for name in names:
+        publish_mode(tmp / name)  # safetensors writes 0600: the files get a plain open()'s mode
         _fsync(tmp / name)
 
 
@@ -117,15 +126,21 @@ def save_model(
     config: dict,
     items: pl.DataFrame,
     extra: dict | None = None,
+    *,
+    history: list | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the model directory atomically (replacing an existing one); return its path.
+    """Write the model directory atomically (replacing an existing model directory); return its path.
 
     ``config`` is the full config dict ({"model": ModelConfig dump, "train": {...}}); its "model"
     part must describe ``model`` (it is filled from ``model.cfg`` when absent). ``items`` is the
     split's items table (one row per item_idx). ``extra`` (JSON-able: metrics, split fingerprint,
-    …) is stored under "extra" in config.json.
+    …) is stored under "extra" in config.json; ``history`` (the per-epoch records) as history.json.
+    A destination that is neither empty nor a model directory is refused unless ``overwrite``
+    (see `check_destination`).
     """
     dest = Path(model_dir)
+    check_destination(dest, overwrite)
     config = json.loads(json.dumps(dict(config), default=str))  # a plain, detached copy
     cfg = _model_config_of(config, model)
     _check_items(items, model.n_items, "items table")
@@ -138,8 +153,46 @@ def save_model(
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
         extra=json.loads(json.dumps(extra or {}, default=str)),
     )
-    _replace_dir(dest, lambda tmp: _write_dir(tmp, model, config, items))
+    _replace_dir(dest, lambda tmp: _write_dir(tmp, model, config, items, history))
     return dest
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory save_model wrote: its config.json says so."""
+    try:
+        config = json.loads((Path(path) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(k in config for k in ("format_version", "model", "weights_sha256"))
+
+
+def _listing(d: Path, names: list[str]) -> str:
+    shown = [n + ("/" if (d / n).is_dir() else "") for n in names[:3]]
+    return ", ".join(shown) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def check_destination(dest: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse to replace what is not ours: ``dest`` must be absent, an empty directory, or a model
+    directory holding only our files; ``overwrite=True`` (the CLI's --overwrite) lifts the refusal."""
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise ModelFileError(f"cannot save the model: {dest} exists and is not a directory")
+    if overwrite or not dest.is_dir():
+        return
+    entries = sorted(p.name for p in dest.iterdir())
+    if not entries:
+        return
+    if not is_model_dir(dest):
+        raise ConfigError(
+            f"{dest} is not empty and is not a model directory (it holds {_listing(dest, entries)}): "
+            "refusing to replace it; choose another output directory, or pass --overwrite to replace it"
+        )
+    foreign = [n for n in entries if n not in OUR_FILES]
+    if foreign:
+        raise ConfigError(
+            f"model directory {dest} also holds {_listing(dest, foreign)}, which replacing it would delete: "
+            "move them away, choose another output directory, or pass --overwrite"
+        )
 
 
 def _model_config_of(config: dict, model: GRU4Rec) -> ModelConfig:
@@ -168,9 +221,10 @@ def _replace_dir(dest: Path, write: Callable[[Path], None]) -> None:
         raise ModelFileError(f"cannot save the model: {dest} exists and is not a directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:12]
-    tmp = dest.parent / f".{dest.name}.tmp-{token}"
+    tmp = dest.parent / f".{dest.name}.tmp-{token}"  # the names clean_leftovers looks for
     old = dest.parent / f".{dest.name}.old-{token}"
     tmp.mkdir()
+    publish_mode(tmp, directory=True)
     try:
         write(tmp)
         _fsync(tmp)
@@ -188,6 +242,30 @@ def _replace_dir(dest: Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def clean_leftovers(dest: str | os.PathLike) -> list[str]:
+    """Remove what a killed `_replace_dir` left beside ``dest``; the names of what was removed.
+
+    Only our exact names count: ``.NAME.tmp-<12 hex>`` (a half-written model: removed) and
+    ``.NAME.old-<12 hex>`` (the previous model, put aside: removed when ``dest`` exists, else the
+    newest is renamed back to ``dest``). Call it while no other process writes ``dest``.
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(tmp|old)-[0-9a-f]{{12}}")
+    kinds = {
+        p: m[1] for p in dest.parent.iterdir() if (m := pattern.fullmatch(p.name)) and p.is_dir() and not p.is_symlink()
+    }
+    found = sorted(kinds, key=lambda p: p.stat().st_mtime)
+    old = [p for p in found if kinds[p] == "old"]
+    if old and not dest.exists():
+        _rename(old.pop(), dest)  # killed between the renames: the previous model goes back
+    removed = [p for p in found if p.exists()]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in removed]
 
 
 # --------------------------------------------------------------------------------------------

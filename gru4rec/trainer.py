@@ -16,9 +16,18 @@ restored at the end), then ``out_dir/checkpoint.pt`` (atomic) and ``out_dir/hist
 
 The checkpoint holds only plain tensors / numbers / strings / lists / dicts (it loads with
 ``torch.load(..., weights_only=True)``): model and optimiser state, sampler state, torch / numpy /
-python RNG states, epoch, history, best weights and the config JSON. A killed run restarted with
-``resume=True`` continues after its last finished epoch and ends with the same weights as an
-uninterrupted run (the batch order is deterministic: sessions in start-time order).
+python RNG states, epoch, history, best weights, the config JSON, the job it belongs to (split
+fingerprint, item count, ``full``, device type, `code_version`), the thread count and ``done``. A
+killed run restarted with ``resume=True`` continues after its last finished epoch and ends with the
+same weights as an uninterrupted run (the batch order is deterministic: sessions in start-time order).
+
+Only the very same job is resumed: same job and same config except ``progress``, ``device`` (the
+device *type* used is part of the job) and ``threads``. A different thread count is resumed with a
+note in the result (bit-identical weights are promised with the same thread count only). A checkpoint
+of another job is never resumed: a finished one (``done``) is moved aside to
+``checkpoint.stale.pt`` and training starts over, with a note; an unfinished one is refused
+(`ConfigError`) unless ``resume=False``, which moves it aside too. A finished checkpoint of the same
+job returns its model without training again. The notes are in ``TrainResult.extra["notes"]``.
 
 The module reads top to bottom: setup (data, seeding, model, optimiser, sampler, engine, schedule),
 one epoch (the hot loop), validation and early stopping, checkpoint and resume, then `train`.
@@ -26,9 +35,14 @@ one epoch (the hot loop), validation and early stopping, checkpoint and resume, 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import logging
 import math
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from gru4rec import fused
 from gru4rec.batching import build_schedule
@@ -51,10 +66,28 @@ from gru4rec.optim import make_optimizer
 from gru4rec.sampler import NegativeSampler
 
 CHECKPOINT = "checkpoint.pt"
+STALE_CHECKPOINT = "checkpoint.stale.pt"  # a checkpoint of another job, moved aside
 HISTORY = "history.json"
 CHECKPOINT_FORMAT = "gru4rec-checkpoint/1"
-# Settings that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "progress", "threads", "device", "patience"}
+# Settings that may differ between a run and its resumption: the device type actually used is part
+# of the job (`_job`), the thread count actually used is compared apart (a note, not a refusal).
+RESUMABLE_CHANGES = {"progress", "threads", "device"}
+# The temporary files atomic_path leaves in out_dir when killed (tempfile's 8-character names).
+_TEMP_FILE = re.compile(rf"\.({re.escape(CHECKPOINT)}|{re.escape(HISTORY)})\.[a-z0-9_]{{8}}\.tmp")
+# The source files whose content decides the trained weights (see `code_version`).
+CODE_FILES = (
+    "trainer.py",
+    "model.py",
+    "fused.py",
+    "optim.py",
+    "losses.py",
+    "sampler.py",
+    "batching.py",
+    "evaluate.py",
+    "data/split_dir.py",
+)
+
+log = logging.getLogger(__name__)
 
 Callback = Callable[[dict], Any]
 
@@ -490,19 +523,69 @@ def load_checkpoint(path: Path) -> dict:
     return ck
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version and a hash of the source files that decide the trained weights."""
+    from gru4rec.persist import package_version
+
+    root, digest = Path(__file__).resolve().parent, hashlib.sha256()
+    for name in CODE_FILES:
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return f"{package_version()}+{digest.hexdigest()[:16]}"
+
+
+def _job(split: Split, run: _Run) -> dict:
+    """What a checkpoint must have been made for to be resumed (besides the config)."""
+    return {
+        "split": split.fingerprint(),
+        "n_items": run.n_items,
+        "full": run.full,
+        "device": run.device.type,
+        "code": code_version(),
+    }
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 20 else text[:19] + "…"
+
+
 def _config_diff(a: Gru4RecConfig, b: Gru4RecConfig) -> list[str]:
     da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
-    diffs = [f"model.{k}" for k in da["model"] if da["model"][k] != db["model"][k]]
-    diffs += [f"train.{k}" for k in da["train"] if k not in RESUMABLE_CHANGES and da["train"][k] != db["train"][k]]
-    return diffs
+    keys = [("model", k) for k in da["model"]] + [("train", k) for k in da["train"] if k not in RESUMABLE_CHANGES]
+    return [f"{p}.{k} ({_short(da[p][k])} → {_short(db[p].get(k))})" for p, k in keys if da[p][k] != db[p].get(k)]
 
 
-def _checkpoint(run: _Run, progress: _Progress) -> dict:
+def _job_diff(ck: dict, job: dict, cfg: Gru4RecConfig) -> list[str]:
+    """How the checkpoint's job differs from this one (empty: the very same job)."""
+    names = {"split": "split fingerprint", "code": "code version"}
+    old = ck.get("job") or {}
+    diffs = [f"{names.get(k, k)} ({_short(old.get(k))} → {_short(v)})" for k, v in job.items() if old.get(k) != v]
+    try:
+        return diffs + _config_diff(Gru4RecConfig.model_validate_json(ck["config"]), cfg)
+    except (ValidationError, KeyError, TypeError):
+        return diffs + ["config (unreadable)"]
+
+
+def _done(ck: dict) -> bool:
+    """Whether the checkpoint's training had finished (checkpoints without the flag: by their epochs)."""
+    if "done" in ck:
+        return bool(ck["done"])
+    try:
+        return bool(ck.get("stopped")) or int(ck["epoch"]) >= json.loads(ck["config"])["train"]["epochs"]
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _checkpoint(run: _Run, progress: _Progress, job: dict) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "config": run.cfg.model_dump_json(),
         "n_items": run.n_items,
         "full": run.full,
+        "job": job,
+        "threads": torch.get_num_threads(),
+        "done": progress.stopped or progress.epoch >= run.cfg.train.epochs,
         "epoch": progress.epoch,
         "history": progress.history,
         "model": _cpu_state(run.model),
@@ -516,16 +599,8 @@ def _checkpoint(run: _Run, progress: _Progress) -> dict:
     }
 
 
-def _resume(run: _Run, ck_path: Path) -> _Progress:
-    """Load ``ck_path`` into the run (refused when made with other settings); its progress."""
-    ck = load_checkpoint(ck_path)
-    diffs = _config_diff(Gru4RecConfig.model_validate_json(ck["config"]), run.cfg)
-    if diffs or ck.get("n_items") != run.n_items or ck.get("full") != run.full:
-        what = ", ".join(diffs) or "data (number of items / full)"
-        raise ConfigError(
-            f"checkpoint {ck_path} was made with different settings ({what}); "
-            "use another out_dir or resume=False to start over"
-        )
+def _load_progress(run: _Run, ck: dict) -> _Progress:
+    """Load the checkpoint's state into the run; its progress."""
     run.model.load_state_dict(ck["model"])
     run.opt.load_state_dict(ck["optimizer"])
     if run.sampler is not None and ck.get("sampler") is not None:
@@ -540,6 +615,73 @@ def _resume(run: _Run, ck_path: Path) -> _Progress:
         stopped=bool(ck["stopped"]),
         epoch=int(ck["epoch"]),
     )
+
+
+def _set_aside(ck_path: Path, why: str) -> str:
+    """Move a checkpoint that is not to be resumed to STALE_CHECKPOINT (replacing an older one)."""
+    stale = ck_path.with_name(STALE_CHECKPOINT)
+    os.replace(ck_path, stale)
+    return f"{why}: started over (the old checkpoint is kept as {stale})"
+
+
+def _resume_notes(ck: dict, ck_path: Path, run: _Run) -> list[str]:
+    notes = [
+        f"training had already finished in {ck_path.parent} (same split, settings and code): "
+        "its model is returned without training again"
+        if _done(ck)
+        else f"resumed from {ck_path} after epoch {ck['epoch']}"
+    ]
+    threads = torch.get_num_threads()
+    if run.device.type == "cpu" and not _done(ck) and ck.get("threads") != threads:
+        notes.append(
+            f"resumed with {threads} CPU threads a checkpoint made with {ck.get('threads')}: the weights may "
+            "differ in the last bits from an uninterrupted run (bit-identical only with the same thread count)"
+        )
+    return notes
+
+
+def _start(run: _Run, ck_path: Path, job: dict, resume: bool) -> tuple[_Progress, list[str]]:
+    """The progress to continue from (the checkpoint's when it is of this very job) and notes on it."""
+    if not ck_path.exists():
+        return _Progress(), []
+    if not resume:
+        return _Progress(), [_set_aside(ck_path, f"resume=False with a checkpoint in {ck_path.parent}")]
+    ck = load_checkpoint(ck_path)
+    diffs = _job_diff(ck, job, run.cfg)
+    if diffs and not _done(ck):
+        raise ConfigError(
+            f"checkpoint {ck_path} holds an unfinished training (epoch {ck.get('epoch')}) of another job "
+            f"({'; '.join(diffs)}): rerun with the same split, settings and code to resume it, or pass "
+            f"resume=False (--no-resume) to start over (the checkpoint is then kept as {STALE_CHECKPOINT})"
+        )
+    if diffs:
+        return _Progress(), [
+            _set_aside(ck_path, f"the checkpoint in {ck_path.parent} is of another job ({'; '.join(diffs)})")
+        ]
+    return _load_progress(run, ck), _resume_notes(ck, ck_path, run)
+
+
+def clean_temp_files(out_dir: str | Path) -> list[str]:
+    """Remove the temporary files a killed training left in ``out_dir`` (our exact names only)."""
+    out_dir, removed = Path(out_dir), []
+    if out_dir.is_dir():
+        for p in out_dir.iterdir():
+            if _TEMP_FILE.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return removed
+
+
+def _out_dir(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(
+            f"cannot keep checkpoints in {out_dir}: it (or a parent) exists and is not a directory"
+        ) from None
+    clean_temp_files(out_dir)
+    return out_dir
 
 
 # ------------------------------------------------------------------------------------------------
@@ -560,25 +702,33 @@ def train(
     """Train GRU4Rec on ``split`` (a `Split` or a split directory) into ``out_dir``.
 
     ``full``: train on train + valid, no validation. ``resume``: continue from ``out_dir/checkpoint.pt``
-    when present (a config that differs in more than epochs/patience/progress/threads/device is refused).
-    ``callbacks``: called after each epoch (after the checkpoint) with the epoch's history record; a
-    callback returning True stops training. ``engine``: "auto" | "fused" | "autograd".
-    ``evaluate_fn``: defaults to `gru4rec.evaluate.evaluate_model`.
+    when it is of this very job (see the module docstring for what happens otherwise; ``resume=False``
+    moves an existing checkpoint aside). ``callbacks``: called after each epoch (after the checkpoint)
+    with the epoch's history record; a callback returning True stops training. ``engine``: "auto" |
+    "fused" | "autograd". ``evaluate_fn``: defaults to `gru4rec.evaluate.evaluate_model`.
+    Nothing is created before the settings and the device are checked; temporary files a killed
+    training left in ``out_dir`` are removed first. Call it while no other process trains there.
     """
     if not isinstance(cfg, Gru4RecConfig):
         raise ConfigError(f"cfg must be a Gru4RecConfig, got {type(cfg).__name__}")
     if not isinstance(split, Split):
         split = load_split(split)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     run = _setup(split, cfg, full, engine)
-    ck_path = out_dir / CHECKPOINT
-    progress = _resume(run, ck_path) if resume and ck_path.exists() else _Progress()
+    ck_path = _out_dir(out_dir) / CHECKPOINT
+    job = _job(split, run)
+    progress, notes = _start(run, ck_path, job, resume)
+    for note in notes:
+        log.warning(note)
     evaluate = evaluate_fn
     if evaluate is None and run.valid is not None:
         from gru4rec.evaluate import evaluate_model as evaluate  # the evaluation module owns metrics
-    callbacks = list(callbacks or [])
-    for epoch in range(progress.epoch + 1, cfg.train.epochs + 1):
+    _epochs(run, progress, evaluate, list(callbacks or []), ck_path, job)
+    return _result(run, progress, ck_path, notes)
+
+
+def _epochs(run: _Run, progress: _Progress, evaluate, callbacks: list, ck_path: Path, job: dict) -> None:
+    """The epochs left after ``progress``: train, validate, checkpoint, call back (True stops)."""
+    for epoch in range(progress.epoch + 1, run.cfg.train.epochs + 1):
         if progress.stopped:
             break
         record = _train_epoch(run, epoch)
@@ -586,14 +736,13 @@ def train(
             _early_stopping(run, progress, _validate(run, evaluate, record), epoch)
         progress.history.append(record)
         progress.epoch = epoch
-        save_checkpoint(ck_path, _checkpoint(run, progress))
-        write_json_atomic(out_dir / HISTORY, progress.history)
+        save_checkpoint(ck_path, _checkpoint(run, progress, job))
+        write_json_atomic(ck_path.with_name(HISTORY), progress.history)
         if any(cb(record) is True for cb in callbacks):
             break
-    return _result(run, progress, ck_path)
 
 
-def _result(run: _Run, progress: _Progress, ck_path: Path) -> TrainResult:
+def _result(run: _Run, progress: _Progress, ck_path: Path, notes: list[str]) -> TrainResult:
     """The model in eval mode, with the best epoch's weights when early stopping kept them."""
     if run.cfg.train.patience > 0 and progress.best["state"] is not None:
         run.model.load_state_dict(progress.best["state"])
@@ -606,4 +755,5 @@ def _result(run: _Run, progress: _Progress, ck_path: Path) -> TrainResult:
         config=run.cfg,
         stopped_early=progress.stopped,
         checkpoint=ck_path,
+        extra={"notes": notes},
     )

@@ -209,3 +209,64 @@ def test_failure_while_swapping_keeps_old(tmp_path, monkeypatch):
         save(d, make(seed=2))
     assert torch.equal(scores(load_model(d).model), scores(first))
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+# --- what may be replaced, permissions, leftovers --------------------------------------------------
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_model_directory_gets_normal_permissions(tmp_path, umask_022):
+    d = save(tmp_path / "m", make(), history=[{"epoch": 1}])
+    assert os.stat(d).st_mode & 0o777 == 0o755
+    modes = {p.name: p.stat().st_mode & 0o777 for p in d.iterdir()}
+    assert modes == {name: 0o644 for name in ("model.safetensors", "config.json", "items.parquet", "history.json")}
+    assert json.loads((d / "history.json").read_text()) == [{"epoch": 1}]
+
+
+def test_a_directory_that_is_not_ours_is_not_replaced(tmp_path):
+    d = tmp_path / "mine"
+    (d / "sub").mkdir(parents=True)
+    (d / "important.txt").write_text("keep me")
+    with pytest.raises(
+        ConfigError, match=r"is not empty and is not a model directory \(it holds important.txt, sub/\)"
+    ):
+        save(d, make())
+    assert (d / "important.txt").read_text() == "keep me" and (d / "sub").is_dir()
+    assert sorted(os.listdir(tmp_path)) == ["mine"]
+    save(d, make(), overwrite=True)  # asked for explicitly
+    assert sorted(os.listdir(d)) == ["config.json", "items.parquet", "model.safetensors"]
+
+
+def test_a_model_directory_with_other_files_is_not_replaced(tmp_path):
+    d = save(tmp_path / "m", make(seed=1))
+    save(d, make(seed=2))  # ours: replaced
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="also holds notes.txt"):
+        save(d, make(seed=3))
+    assert (d / "notes.txt").exists()
+    (tmp_path / "empty").mkdir()
+    save(tmp_path / "empty", make())  # an empty directory may be filled
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelFileError, match="exists and is not a directory"):
+        save(tmp_path / "file", make())
+
+
+def test_clean_leftovers_removes_only_our_temporary_names(tmp_path):
+    d = save(tmp_path / "m", make(seed=1))
+    killed_write = tmp_path / ".m.tmp-0123456789ab"
+    superseded = tmp_path / ".m.old-ba9876543210"
+    not_ours = [tmp_path / ".m.tmp-mine", tmp_path / ".other.tmp-0123456789ab", tmp_path / "m.tmp-0123456789ab"]
+    for p in [killed_write, superseded, *not_ours]:
+        p.mkdir()
+    assert sorted(persist.clean_leftovers(d)) == [".m.old-ba9876543210", ".m.tmp-0123456789ab"]
+    assert all(p.is_dir() for p in not_ours) and not killed_write.exists() and not superseded.exists()
+
+    # Killed between the renames of a replace: the previous model was put aside and is put back.
+    os.rename(d, tmp_path / ".m.old-00000000000a")
+    (tmp_path / ".m.tmp-00000000000a").mkdir()
+    assert persist.clean_leftovers(d) == [".m.tmp-00000000000a"]
+    assert torch.equal(scores(load_model(d).model), scores(make(seed=1)))

@@ -252,11 +252,117 @@ def test_same_seed_same_weights_and_checkpoint_is_weights_only(tmp_path):
     assert Gru4RecConfig.model_validate_json(ck["config"]) == cfg
 
 
-def test_resume_refuses_changed_config(tmp_path):
+# --- checkpoints resume only the very same job ----------------------------------------------------
+
+
+def _killed_after_epoch_1(split, cfg, out_dir, **kwargs):
+    def kill(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(split, cfg, out_dir, callbacks=[kill], **kwargs)
+    assert load_checkpoint(out_dir / CHECKPOINT)["epoch"] == 1
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_unfinished_checkpoint_of_another_job_is_refused_until_resume_false(tmp_path):
     split = make_split(tmp_path)
-    train(split, cfg_small(epochs=1), tmp_path / "a")
-    with pytest.raises(ConfigError, match="train.lr"):
+    _killed_after_epoch_1(split, cfg_small(epochs=2), tmp_path / "a")
+    before = (tmp_path / "a" / CHECKPOINT).read_bytes()
+    with pytest.raises(ConfigError, match=r"unfinished training .*train\.lr \(0\.1 → 0\.5\).*--no-resume") as err:
         train(split, cfg_small(epochs=2, lr=0.5), tmp_path / "a")
+    assert "\n" not in str(err.value)
+    assert (tmp_path / "a" / CHECKPOINT).read_bytes() == before  # nothing lost
+    with pytest.raises(ConfigError, match="split fingerprint"):
+        other = make_split(tmp_path, sessions=[[1, 0, 2, 3], *SESSIONS[1:]])  # the same items, ids swapped
+        other.manifest = {"fingerprint": "u"}
+        train(other, cfg_small(epochs=2), tmp_path / "a")
+    res = train(split, cfg_small(epochs=2, lr=0.5), tmp_path / "a", resume=False)
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert _same_weights(res.model, train(split, cfg_small(epochs=2, lr=0.5), tmp_path / "fresh").model)
+    assert (tmp_path / "a" / "checkpoint.stale.pt").read_bytes() == before
+    assert "started over" in res.extra["notes"][0]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["fewer epochs", "another split", "another lr", "other code"],
+)
+def test_finished_checkpoint_of_another_job_starts_over(tmp_path, monkeypatch, change):
+    import gru4rec.trainer as trainer_mod
+
+    split = make_split(tmp_path)
+    done = train(split, cfg_small(epochs=3), tmp_path / "a")
+    cfg, other = cfg_small(epochs=3), split
+    if change == "fewer epochs":  # a 3-epoch checkpoint must not become a 2-epoch model
+        cfg = cfg_small(epochs=2)
+    elif change == "another split":  # same catalogue size, other content: another fingerprint
+        other = make_split(tmp_path, sessions=[[1, 0, 2, 3], *SESSIONS[1:]])
+        other.manifest = {"fingerprint": "u"}
+    elif change == "other code":
+        monkeypatch.setattr(trainer_mod, "code_version", lambda: "0.1.0+edited")
+    else:
+        cfg = cfg_small(epochs=3, lr=0.05)
+    epochs_run, real = [], trainer_mod._train_epoch
+    monkeypatch.setattr(trainer_mod, "_train_epoch", lambda run, epoch: epochs_run.append(epoch) or real(run, epoch))
+    res = train(other, cfg, tmp_path / "a")
+    assert epochs_run == list(range(1, cfg.train.epochs + 1))
+    fresh = train(other, cfg, tmp_path / "fresh")
+    assert _same_weights(res.model, fresh.model) and len(res.history) == len(fresh.history)
+    assert _same_weights(res.model, done.model) == (change == "other code")  # trained again all the same
+    assert "another job" in res.extra["notes"][0] and (tmp_path / "a" / "checkpoint.stale.pt").exists()
+    assert load_checkpoint(tmp_path / "a" / CHECKPOINT)["job"]["split"] == other.fingerprint()
+
+
+def test_finished_checkpoint_of_the_same_job_is_returned_without_training(tmp_path, monkeypatch):
+    import gru4rec.trainer as trainer_mod
+
+    split = make_split(tmp_path)
+    first = train(split, cfg_small(epochs=2), tmp_path / "a")
+    assert load_checkpoint(tmp_path / "a" / CHECKPOINT)["done"] is True
+    monkeypatch.setattr(trainer_mod, "_train_epoch", lambda *a: pytest.fail("trained again"))
+    again = train(split, cfg_small(epochs=2, progress=True), tmp_path / "a")  # progress may differ
+    assert _same_weights(first.model, again.model) and again.history == first.history
+    assert "returned without training again" in again.extra["notes"][0]
+
+
+def test_resume_with_another_thread_count_says_so(tmp_path, keep_threads):
+    split = make_split(tmp_path)
+    _killed_after_epoch_1(split, cfg_small(threads=1), tmp_path / "a")
+    same = train(split, cfg_small(threads=1), tmp_path / "a")
+    assert [h["epoch"] for h in same.history] == [1, 2, 3] and len(same.extra["notes"]) == 1
+    _killed_after_epoch_1(split, cfg_small(threads=1), tmp_path / "b")
+    other = train(split, cfg_small(threads=2), tmp_path / "b")
+    assert [h["epoch"] for h in other.history] == [1, 2, 3]
+    assert any("with 2 CPU threads a checkpoint made with 1" in n for n in other.extra["notes"])
+
+
+def test_killed_leftovers_are_removed_and_nothing_made_before_the_device_check(tmp_path, monkeypatch):
+    split = make_split(tmp_path)
+    out = tmp_path / "r"
+    out.mkdir()
+    ours = [".checkpoint.pt.a1b2c3_d.tmp", ".history.json.zzzzzzzz.tmp"]
+    theirs = [".checkpoint.pt.notours.tmp", "checkpoint.pt.a1b2c3_d.tmp", "notes.txt"]
+    for name in ours + theirs:
+        (out / name).write_text("x")
+    train(split, cfg_small(epochs=1), out)
+    assert sorted(p.name for p in out.iterdir()) == sorted(theirs + [CHECKPOINT, "history.json"])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'cuda' requested but CUDA is not available"):
+        train(split, cfg_small(device="cuda"), tmp_path / "cuda")
+    assert not (tmp_path / "cuda").exists()
 
 
 def test_validation_and_early_stopping_keep_best(tmp_path):
