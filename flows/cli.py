@@ -292,7 +292,13 @@ def train(
     preset: PresetOption = None,
     set_: SetOption = None,
     full: Annotated[bool, typer.Option("--full", help="Train on train+valid (no validation).")] = False,
-    resume: Annotated[bool, typer.Option(help="Resume from the last checkpoint of an interrupted run.")] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Resume an interrupted run of the same job (same split, settings and code) from its checkpoint."),
+    ] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a non-empty --out that is not a model directory.")
+    ] = False,
     *,
     given: dict,
 ) -> None:
@@ -304,9 +310,11 @@ def train(
     preset = preset or TrainingSettings.model_fields["preset"].default
     try:
         cfg = get_preset(preset, _overrides(set_, hyper))
-        summary = train_on_split(split, cfg, out, full=full, resume=resume, preset=preset)
+        summary = train_on_split(split, cfg, out, full=full, resume=resume, preset=preset, overwrite=overwrite)
     except PipelineError as e:
         _fail(str(e))
+    for note in summary.get("notes", []):
+        err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     print_history_table(summary)
 
 

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from gru4rec.errors import ConfigError, ModelFileError, raise_if_transient
+from gru4rec.faults import kill_point
 from gru4rec.io import publish_mode, sha256_file
 from gru4rec.model import GRU4Rec, ModelConfig
 
@@ -228,8 +229,10 @@ def _replace_dir(dest: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         _fsync(tmp)
+        kill_point("model-dir-write")  # the new directory complete under its temporary name
         if dest.exists():
             _rename(dest, old)
+            kill_point("model-dir-replace")  # the old one put aside, the new one not yet in place
             try:
                 _rename(tmp, dest)
             except BaseException:

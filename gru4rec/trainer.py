@@ -59,6 +59,7 @@ from gru4rec.config import Gru4RecConfig
 from gru4rec.data.split_dir import SessionArrays, Split, load_split, session_arrays, training_sessions
 from gru4rec.device import select_device
 from gru4rec.errors import ConfigError, ModelFileError, TrainingError
+from gru4rec.faults import kill_point
 from gru4rec.io import atomic_path, write_json_atomic
 from gru4rec.losses import compute_loss, item_log_q, sampled_columns
 from gru4rec.model import GRU4Rec
@@ -511,6 +512,7 @@ def _to_cpu(obj):
 def save_checkpoint(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        kill_point("checkpoint-write")  # written to the temporary file, not yet renamed
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -113,3 +113,18 @@ def test_written_files_get_the_usual_permissions(tmp_path, model_dir):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_train_out_that_holds_other_files_is_refused_unless_overwrite(model_dir, tmp_path):
+    split, _ = model_dir
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "important.txt").write_text("keep")
+    args = ["train", "--split", str(split), "--out", str(out), "--layers", "4", "--epochs", "1", "--no-progress"]
+    _refused(runner.invoke(app, args), "important.txt")
+    assert (out / "important.txt").read_text() == "keep"
+    _refused(runner.invoke(app, ["train", "--split", str(split), "--out", str(split), "--epochs", "1"]), str(split))
+    assert (split / "manifest.json").is_file()
+    res = runner.invoke(app, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert (out / "model.safetensors").is_file() and not (out / "important.txt").exists()
