@@ -69,6 +69,9 @@ EPHEMERAL_STARTUP_TIMEOUT = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 def _prefect_env() -> None:
     # Quiet, serverless defaults; the user's own settings win.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    home = os.environ.get("PREFECT_HOME")
+    if home:  # Prefect creates its home but not missing parents; its server then fails to start
+        Path(home).expanduser().mkdir(parents=True, exist_ok=True)
     if not os.environ.get("PREFECT_API_URL"):  # ephemeral mode: a temporary server in a subprocess
         # Prefect waits 20 s for it; on a busy machine that start takes longer (issue: lost races).
         os.environ.setdefault(EPHEMERAL_STARTUP_TIMEOUT, "180")

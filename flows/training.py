@@ -1,10 +1,11 @@
 """`training_pipeline`: ingest → validate → split → train → evaluate → register.
 
-Every run writes under its own run directory (``<workdir>/runs/<utc time>-<flow run id>``);
-tasks hand each other paths and small summaries. Ingest/validate/split are cached on the source
-content and the settings (not on paths); training only when ``cache_training`` is set. What
-happened is published as Prefect artifacts: split statistics, the validation summary, the
-training history, the evaluation table and the registration decision.
+Every run writes under its own run directory (``<workdir>/runs/<utc time>-<flow run id>``, see
+`flows.run_state`: a rerun after a kill resumes the unfinished one); tasks hand each other paths
+and small summaries. Ingest/validate/split are cached on content + settings + code (not on paths,
+`tasks.caching`); training only when ``cache_training`` is set. What happened is published as
+Prefect artifacts: split statistics, the validation summary, the training history, the evaluation
+table and the registration decision.
 """
 
 from __future__ import annotations

@@ -58,3 +58,13 @@ def test_a_server_that_does_not_start_in_time_is_one_clear_line(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "error: the temporary Prefect server did not start within 0 s" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prefect_home_whose_parents_do_not_exist_yet(tmp_path):
+    source = synthetic_movielens(tmp_path / "u.data")
+    env = _env(tmp_path) | {"PREFECT_HOME": str(tmp_path / "not" / "yet" / "there")}
+    proc = subprocess.run(
+        [*CLI, "prepare", "--source", str(source), "--out", str(tmp_path / "out")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
