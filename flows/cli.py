@@ -89,6 +89,11 @@ SERVER_WATCHDOG = """
 import os, signal, sys, time
 from pathlib import Path
 cli = int(sys.argv[1])
+def is_server(pid):  # "python -m uvicorn ...": uvicorn as an argument of its own (our cmdline only quotes it)
+    try:
+        return pid != os.getpid() and b"\\0uvicorn\\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 def alive(pid):
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -98,9 +103,8 @@ def servers_of(pid):
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                if b"uvicorn" in (stat.parent / "cmdline").read_bytes():
-                    found.add(int(stat.parent.name))
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid and is_server(int(stat.parent.name)):
+                found.add(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             pass
     return found
@@ -110,9 +114,9 @@ while alive(cli):
     time.sleep(0.2)
 for server in servers:
     try:
-        if b"uvicorn" in Path(f"/proc/{server}/cmdline").read_bytes():  # still ours, not a reused pid
+        if is_server(server):  # still a server, not a reused pid
             os.kill(server, signal.SIGTERM)
-    except (OSError, ProcessLookupError):
+    except OSError:
         pass
 for _ in range(50):
     if not any(alive(s) for s in servers):
@@ -120,9 +124,9 @@ for _ in range(50):
     time.sleep(0.1)
 for server in servers:
     try:
-        if alive(server) and b"uvicorn" in Path(f"/proc/{server}/cmdline").read_bytes():
+        if alive(server) and is_server(server):
             os.kill(server, signal.SIGKILL)
-    except (OSError, ProcessLookupError):
+    except OSError:
         pass
 """
 

@@ -60,19 +60,21 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_kill_9_of_the_cli_leaves_no_temporary_server(tmp_path):
-    source = synthetic_movielens(tmp_path / "u.data")
-    cli = subprocess.Popen(
-        [*CLI, "prepare", "--source", str(source), "--out", str(tmp_path / "out")],
-        env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+@pytest.mark.parametrize("moment", ["server starting", "training"])
+def test_kill_9_of_the_cli_leaves_no_temporary_server(tmp_path, moment):
+    source = synthetic_movielens(tmp_path / "u.data", n_users=400)
+    workdir = tmp_path / "work"
+    cli = subprocess.Popen(_run_command(source, workdir), env=_env(tmp_path), cwd=tmp_path,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         server = _wait_for(
-            lambda: next((c for c in _children(cli.pid) if "uvicorn" in _cmdline(c)), None), 240, "the server"
+            lambda: next((c for c in _children(cli.pid) if "uvicorn" in _cmdline(c).split()), None), 240, "the server"
         )
-        assert _alive(server)
-        time.sleep(0.5)  # the watchdog notes the server within 0.2 s of its start
-        os.kill(cli.pid, signal.SIGKILL)  # while the server starts or the flow runs
+        if moment == "training":  # the server idle and healthy, the flow deep in its work
+            _wait_for(lambda: next(workdir.glob("runs/*/model.work/checkpoint.pt"), None), 300, "epoch 1")
+        else:
+            time.sleep(0.5)  # the watchdog notes the server within 0.2 s of its start
+        os.kill(cli.pid, signal.SIGKILL)
         cli.wait()
         _wait_for(lambda: not _alive(server), 30, "the orphaned server to stop")
     finally:
