@@ -18,13 +18,14 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_options import deep_update, options_for, with_options
 from flows.config import EvaluationSettings, PipelineConfig, PrepareConfig, TrainingSettings
 from gru4rec.config import Gru4RecConfig
 from gru4rec.device import DeviceName
-from gru4rec.errors import PipelineError
+from gru4rec.errors import PipelineError, validation_errors_text
 from gru4rec.presets import PresetName
 
 COLUMN_ROLES = ("session", "item", "time", "rating")  # --col-session etc. (ingest.columns.*)
@@ -49,7 +50,8 @@ def _root() -> None:
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    # escape: a message holding "[...]" (NAME[@alias], a list) must not be read as rich markup
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -207,7 +209,7 @@ def _validated(model, data: dict):
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        _fail(f"invalid settings: {_pydantic_message(e)}")
+        _fail(f"invalid settings: {validation_errors_text(e)}")
 
 
 @app.command()
@@ -487,14 +489,6 @@ def _recommend_from_registry(model: str, items: list[str], k: int, exclude_seen:
         "unknown_items": list(row["unknown_items"]),
         "fallback": bool(row["fallback"]),
     }
-
-
-def _pydantic_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err else ""))
-    return "; ".join(parts)
 
 
 def main() -> None:

@@ -97,3 +97,15 @@ class ModelFileError(PipelineError):
 
 class TrainingError(PipelineError):
     """Training diverged (NaN/inf) or cannot proceed."""
+
+
+def validation_errors_text(error) -> str:
+    """A pydantic ValidationError as one readable line: ``setting: problem (got value); ...``."""
+    parts = []
+    for err in error.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' messages name the setting
+        shown = err.get("input")
+        got = f" (got {shown!r})" if "input" in err and not isinstance(shown, dict) else ""
+        parts.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+    return "; ".join(parts)

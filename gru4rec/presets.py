@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from gru4rec.config import Gru4RecConfig, TrainConfig
-from gru4rec.errors import ConfigError
+from gru4rec.errors import ConfigError, validation_errors_text
 from gru4rec.model import ModelConfig
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -92,10 +92,7 @@ def apply_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> Gr
     try:
         return Gru4RecConfig.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']} (got {err.get('input')!r})"
-            for err in e.errors()
-        )
+        problems = validation_errors_text(e)
         raise ConfigError(f"invalid configuration: {problems}") from None
 
 

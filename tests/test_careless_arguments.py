@@ -49,7 +49,7 @@ def test_recommend_shortens_a_long_list_of_unknown_items(model_dir):
 
 def test_recommend_mistyped_model_path_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _refused(runner.invoke(app, ["recommend", "--model", "./modle", "1"]), "model directory ./modle not found")
+    _refused(runner.invoke(app, ["recommend", "--model", "./modle", "1"]), "model directory ./modle not found", "NAME[@alias]")
     _refused(runner.invoke(app, ["recommend", "--model", "gru4rec@champion", "1"]), "no MLflow store")
     assert list(tmp_path.iterdir()) == []
 

@@ -89,6 +89,7 @@ def test_bad_names_are_refused_before_any_work(tmp_path, capture, args, message)
     workdir = tmp_path / "work"
     res = CliRunner().invoke(app, ["run", "--workdir", str(workdir), *args])
     assert res.exit_code == 2 and message in res.output, res.output
+    assert "Value error" not in res.output and "(got {" not in res.output  # one readable line
     assert "config" not in capture and not workdir.exists()
 
 
