@@ -205,6 +205,20 @@ def _read_config_file(path: Path | None) -> dict:
     return data
 
 
+def _check_sources(ingest) -> None:
+    """Source files named on this machine must exist and be files: said now, not after the server starts.
+    (The flows check again: a deployment's run may read files that only its worker sees.)"""
+    for setting in ("source", "test_source", "valid_source"):
+        value = getattr(ingest, setting)
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        if path.is_dir():
+            _fail(f"{setting} {value} is a directory, not a file: name the log file itself")
+        if not path.exists():
+            _fail(f"{setting} {value} not found")
+
+
 def _validated(model, data: dict):
     try:
         return model.model_validate(data)
@@ -223,6 +237,7 @@ def prepare(
 ) -> None:
     """Ingest → validate → sessionize and split into Parquet (the `prepare_data` flow)."""
     cfg = _validated(PrepareConfig, deep_update(_read_config_file(config), given))
+    _check_sources(cfg.ingest)
     _prefect_env()
     from flows.prepare import prepare_data
 
@@ -371,7 +386,7 @@ def run(
         training = data.setdefault("training", {})
         training["overrides"] = {**training.get("overrides", {}), **overrides}
     cfg = _validated(PipelineConfig, data)
-
+    _check_sources(cfg.ingest)
     _prefect_env()
     from flows.training import training_pipeline
 

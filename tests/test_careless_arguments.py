@@ -128,3 +128,14 @@ def test_train_out_that_holds_other_files_is_refused_unless_overwrite(model_dir,
     res = runner.invoke(app, [*args, "--overwrite"])
     assert res.exit_code == 0, res.output
     assert (out / "model.safetensors").is_file() and not (out / "important.txt").exists()
+
+
+def test_missing_or_directory_source_is_refused_before_the_flow_starts(tmp_path, monkeypatch):
+    import flows.prepare
+    import flows.training
+
+    monkeypatch.setattr(flows.prepare, "prepare_data", lambda cfg: pytest.fail("the flow started"))
+    monkeypatch.setattr(flows.training, "training_pipeline", lambda cfg: pytest.fail("the flow started"))
+    _refused(runner.invoke(app, ["prepare", "--source", str(tmp_path), "--out", str(tmp_path / "o")]), "is a directory")
+    _refused(runner.invoke(app, ["run", "--source", str(tmp_path / "nope.csv"), "--workdir", str(tmp_path / "w")]),
+             "nope.csv not found")

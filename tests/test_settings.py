@@ -35,8 +35,9 @@ def capture(monkeypatch):
 
 
 def test_prepare_config_file_settings_are_not_overwritten_by_cli_defaults(tmp_path, capture):
+    (tmp_path / "events.csv").write_text("session,item,time\n")
     file_settings = {
-        "ingest": {"source": "events.csv"},
+        "ingest": {"source": str(tmp_path / "events.csv")},
         "validation": {"min_rows": 7, "drop_duplicates": True},
         "split": {"min_item_support": 2, "gap_minutes": 5.0, "remove_repeats": True},
         "out_dir": str(tmp_path / "from-file"),
