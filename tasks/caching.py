@@ -95,7 +95,9 @@ def model_dir_intact(model_dir: str | Path) -> bool:
 
 def cached_or_recomputed(task_fn, intact: Callable[[Any], bool], *args: Any, **kwargs: Any) -> Any:
     """Run a cached task; when its (cached) result fails ``intact``, run it again with a fresh cache."""
-    result = task_fn(*args, **kwargs)
-    if kwargs.get("use_cache") and not intact(result):
+    state = task_fn(*args, return_state=True, **kwargs)
+    result = state.result()  # raises the task's error, as a plain call would
+    # Only a result served from the cache can be stale; one just computed is not hashed again.
+    if state.name == "Cached" and not intact(result):
         result = task_fn.with_options(refresh_cache=True)(*args, **kwargs)
     return result

@@ -67,7 +67,7 @@ def validate_task(
     from tasks.validation import validate_events
 
     manifest_path = Path(ingest_manifest_path)
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = _read_json(ingest_manifest_path)
     fmt = SourceFormat(manifest["format"])
     validate_events(manifest, manifest_path.parent, cfg, fmt, Path(out_dir))
     return str(Path(out_dir) / "validation_manifest.json")
@@ -85,9 +85,9 @@ def split_task(
     """Sessionize, filter and split into the split directory; return its manifest's path."""
     from gru4rec.data.splitter import make_split
 
-    ingest_manifest = json.loads(Path(ingest_manifest_path).read_text(encoding="utf-8"))
+    ingest_manifest = _read_json(ingest_manifest_path)
     vpath = Path(validation_manifest_path)
-    validation = json.loads(vpath.read_text(encoding="utf-8"))
+    validation = _read_json(validation_manifest_path)
     tables = {role: _resolve(vpath.parent, t["file"]) for role, t in validation["tables"].items()}
     lineage = {
         "sources": ingest_manifest["sources"],

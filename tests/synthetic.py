@@ -34,7 +34,12 @@ def synthetic_split(directory: Path, n_sessions: int = 120, n_items: int = 30, s
         {"session_key": keys, "item_id": items, "timestamp": times},
         schema={"session_key": pl.Int64, "item_id": pl.Int64, "timestamp": pl.Int64},
     ).write_parquet(events)
-    days = n_sessions / 24
+    return split_events(events, directory / "split")
+
+
+def split_events(events: Path, out: Path) -> Path:
+    """Split an hourly synthetic events table: the last 10% of its days are test, the 10% before valid."""
+    days = pl.read_parquet(events, columns=["session_key"])["session_key"].n_unique() / 24
     cfg = SplitConfig(
         session="source",
         split="global-cut",
@@ -43,7 +48,6 @@ def synthetic_split(directory: Path, n_sessions: int = 120, n_items: int = 30, s
         min_item_support=1,
         min_test_sessions=2,
     )
-    out = directory / "split"
     make_split({"events": events}, SourceFormat.CSV, cfg, out)
     return out
 
@@ -68,3 +72,23 @@ def synthetic_movielens(path: Path, n_users: int = 240, n_items: int = 120, seed
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
+
+
+def tiny_model_dir(directory: Path, n_items: int = 12, layers: int = 8) -> Path:
+    """A saved (untrained, seeded) model directory over item ids ``100 + i``, without a split."""
+    import torch
+
+    from gru4rec.model import GRU4Rec, ModelConfig
+    from gru4rec.persist import save_model
+
+    torch.manual_seed(0)
+    model = GRU4Rec(ModelConfig(layers=[layers]), n_items)
+    items = pl.DataFrame(
+        {
+            "item_idx": pl.Series(range(n_items), dtype=pl.Int32),
+            "item_id": pl.Series([100 + i for i in range(n_items)], dtype=pl.Int64),
+            "count": pl.Series([n_items - i for i in range(n_items)], dtype=pl.Int64),
+        }
+    )
+    save_model(directory, model, {"model": model.cfg.model_dump(), "train": {"lr": 0.05}}, items)
+    return directory

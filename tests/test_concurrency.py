@@ -11,13 +11,9 @@ import textwrap
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
-import torch
 
-from gru4rec.model import GRU4Rec, ModelConfig
-from gru4rec.persist import save_model
-from tests.synthetic import synthetic_movielens
+from tests.synthetic import synthetic_movielens, tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 N_ITEMS = 12
@@ -52,18 +48,7 @@ REGISTER = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = GRU4Rec(ModelConfig(layers=[4]), N_ITEMS)
-    items = pl.DataFrame(
-        {
-            "item_idx": pl.Series(range(N_ITEMS), dtype=pl.Int32),
-            "item_id": pl.Series(range(N_ITEMS), dtype=pl.Int64),
-            "count": pl.Series([1] * N_ITEMS, dtype=pl.Int64),
-        }
-    )
-    d = tmp_path_factory.mktemp("model") / "m"
-    save_model(d, model, {"model": model.cfg.model_dump()}, items)
-    return d
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "m", N_ITEMS, layers=4)
 
 
 def _register_together(model_dir: Path, store: Path, mrrs: list[float], staged: bool = False) -> list[str]:

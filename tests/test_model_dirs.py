@@ -10,13 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from gru4rec.data.config import SourceFormat, SplitConfig
 from gru4rec.data.split_dir import load_split
-from gru4rec.data.splitter import make_split
 from gru4rec.errors import ConfigError
 from gru4rec.jobs import build_config, train_on_split
 from gru4rec.trainer import CHECKPOINT, load_checkpoint
-from tests.synthetic import synthetic_split
+from tests.synthetic import split_events, synthetic_split
 
 TINY = {"model.layers": "[8]", "train.n_sample": "0", "train.batch_size": "8", "train.lr": "0.1"}
 runner = CliRunner()
@@ -48,16 +46,7 @@ def swapped(data):
     events = events.with_columns(pl.col("item_id").replace({3: 17, 17: 3}))
     (root / "b").mkdir()
     events.write_parquet(root / "b" / "events.parquet")
-    days = events["session_key"].n_unique() / 24
-    split_cfg = SplitConfig(
-        session="source",
-        split="global-cut",
-        test_days=days * 0.1,
-        valid_days=days * 0.1,
-        min_item_support=1,
-        min_test_sessions=2,
-    )
-    make_split({"events": root / "b" / "events.parquet"}, SourceFormat.CSV, split_cfg, root / "b" / "split")
+    split_events(root / "b" / "events.parquet", root / "b" / "split")
     return root / "b" / "split"
 
 

@@ -12,12 +12,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import polars as pl
 import pytest
-import torch
 
-from gru4rec.model import GRU4Rec, ModelConfig
-from gru4rec.persist import save_model
 from tasks import registry
 from tasks.registry import (
     CHALLENGER,
@@ -29,6 +25,7 @@ from tasks.registry import (
     library_import_closure,
     log_and_register,
 )
+from tests.synthetic import tiny_model_dir
 
 FP = "a" * 64
 OTHER_FP = "b" * 64
@@ -121,18 +118,7 @@ def test_closure_follows_relative_and_submodule_imports(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = GRU4Rec(ModelConfig(layers=[8]), N_ITEMS)
-    items = pl.DataFrame(
-        {
-            "item_idx": pl.Series(range(N_ITEMS), dtype=pl.Int32),
-            "item_id": pl.Series([100 + i for i in range(N_ITEMS)], dtype=pl.Int64),
-            "count": pl.Series([N_ITEMS - i for i in range(N_ITEMS)], dtype=pl.Int64),
-        }
-    )
-    d = tmp_path_factory.mktemp("model") / "m"
-    save_model(d, model, {"model": model.cfg.model_dump(), "train": {"lr": 0.05}}, items)
-    return d
+    return tiny_model_dir(tmp_path_factory.mktemp("model") / "m", N_ITEMS, layers=8)
 
 
 @pytest.fixture
