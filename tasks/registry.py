@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gru4rec.faults import kill_point
@@ -31,6 +31,8 @@ from gru4rec.faults import kill_point
 CHAMPION, CHALLENGER = "champion", "challenger"
 REGISTRATION_KEY_TAG = "registration_key"
 ALIAS_TAG = "alias"  # written last: a version carrying it is fully registered
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+TRAINING_KEY_TAG = "training_key"  # split content + settings + code: equal keys = the same model
 MLFLOW_MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 LIBRARY = "gru4rec"
 STORE_LOCK_TIMEOUT_S = 600  # a registration holds it for seconds; a stuck one is an error, not a hang
@@ -50,6 +52,7 @@ class RegistrationResult:
     experiment_id: str
     tracking_uri: str
     run_url: str | None
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,11 +69,23 @@ class ChampionInfo:
 
 
 @dataclass(frozen=True)
+class HeadToHead:
+    """The champion evaluated on the candidate's test split (same targets, same evaluator code)."""
+
+    champion_version: str
+    value: float  # the champion's primary metric there
+    unknown_targets: int  # targets the champion never saw (counted as misses)
+    n_targets: int
+    test_fingerprint: str
+
+
+@dataclass(frozen=True)
 class Decision:
     alias: str
     reason: str
     champion_version: str | None
     champion_metric: float | None
+    warnings: tuple[str, ...] = ()
 
 
 def embedded_tracking_uri(base_dir: str | Path) -> tuple[str, str]:
@@ -102,6 +117,35 @@ def metric_key(name: str) -> str:
 # ---------------------------------------------------------------- the decision (pure)
 
 
+def _loses_to_knn(candidate: float, primary_metric: str, baselines: dict[str, float]) -> tuple[str, ...]:
+    return tuple(
+        f"WARNING: loses to the {name} baseline on {primary_metric} ({candidate:.4f} < {value:.4f})"
+        for name, value in sorted(baselines.items())
+        if "knn" in name and value > candidate
+    )
+
+
+def _champion_value(
+    primary_metric: str, split_fingerprint: str, champion: ChampionInfo, head_to_head: HeadToHead | None
+) -> tuple[float | None, str]:
+    """The champion's number to beat and how it was obtained ("" = its own value on this same
+    split), or (None, why they are not comparable)."""
+    same_split = champion.split_fingerprint == split_fingerprint
+    if same_split and champion.primary_metric == primary_metric and champion.metric_value is not None:
+        return champion.metric_value, ""
+    if head_to_head is not None and head_to_head.champion_version == champion.version:
+        return head_to_head.value, (
+            f" [champion re-evaluated on this run's test split; {head_to_head.unknown_targets:,} of its "
+            f"{head_to_head.n_targets:,} targets are items it never saw, counted as misses]"
+        )
+    if same_split:
+        return None, f"not comparable: champion v{champion.version} has no {primary_metric}; champion unchanged"
+    return None, (
+        f"not comparable: champion v{champion.version} was evaluated on another dataset/split "
+        f"(fingerprint {str(champion.split_fingerprint)[:12]} vs {split_fingerprint[:12]}); champion unchanged"
+    )
+
+
 def decide_alias(
     candidate_value: float,
     primary_metric: str,
@@ -109,31 +153,41 @@ def decide_alias(
     champion: ChampionInfo | None,
     *,
     candidate_version: str | None = None,
+    head_to_head: HeadToHead | None = None,
+    popularity: float | None = None,
+    baselines: dict[str, float] | None = None,
+    min_gain: float = 0.0,
 ) -> Decision:
     """Champion or challenger for a candidate with `candidate_value` of `primary_metric`.
 
-    Champion if there is no champion yet (or the champion already is this version), or if the
-    champion was evaluated on the same dataset and split (same fingerprint), with the same
-    primary metric, and the candidate is strictly better. Otherwise challenger.
+    - Never champion if it does not beat the popularity baseline on its own test split.
+    - Champion if there is no champion yet (or the champion already is this version).
+    - Otherwise it must beat the champion by more than `min_gain` (relative): the champion's
+      recorded value when both were tested on the same split, else the champion's value on the
+      candidate's test split (`head_to_head`); without either they are not comparable.
+    A candidate that loses to a kNN baseline is flagged in `warnings` (and in the reason).
     """
-    if champion is None or (candidate_version is not None and champion.version == candidate_version):
-        return Decision(CHAMPION, "first version registered: becomes champion", None, None)
-    cv, cm = champion.version, champion.metric_value
-    if champion.split_fingerprint != split_fingerprint:
+    warnings_ = _loses_to_knn(candidate_value, primary_metric, baselines or {})
+    flagged = "".join(f"; {w}" for w in warnings_)
+    if popularity is not None and not candidate_value > popularity:
         reason = (
-            f"not comparable: champion v{cv} was evaluated on another dataset/split "
-            f"(fingerprint {str(champion.split_fingerprint)[:12]} vs {split_fingerprint[:12]}); "
-            "champion unchanged"
+            f"{primary_metric} {candidate_value:.4f} does not beat the popularity baseline ({popularity:.4f}) "
+            f"on its own test split: never promoted{flagged}"
         )
-        return Decision(CHALLENGER, reason, cv, cm)
-    if champion.primary_metric != primary_metric or cm is None:
-        return Decision(
-            CHALLENGER, f"not comparable: champion v{cv} has no {primary_metric}; champion unchanged", cv, cm
-        )
-    if candidate_value > cm:
-        return Decision(CHAMPION, f"{primary_metric} {candidate_value:.4f} beats champion v{cv} ({cm:.4f})", cv, cm)
-    reason = f"{primary_metric} {candidate_value:.4f} does not beat champion v{cv} ({cm:.4f}); champion unchanged"
-    return Decision(CHALLENGER, reason, cv, cm)
+        cv = champion.version if champion else None
+        return Decision(CHALLENGER, reason, cv, champion.metric_value if champion else None, warnings_)
+    if champion is None or (candidate_version is not None and champion.version == candidate_version):
+        return Decision(CHAMPION, "first version registered: becomes champion" + flagged, None, None, warnings_)
+    cv = champion.version
+    cm, basis = _champion_value(primary_metric, split_fingerprint, champion, head_to_head)
+    if cm is None:
+        return Decision(CHALLENGER, basis + flagged, cv, champion.metric_value, warnings_)
+    gain = f" by more than {min_gain:.1%}" if min_gain > 0 else ""
+    if candidate_value > cm and candidate_value > cm * (1.0 + min_gain):
+        reason = f"{primary_metric} {candidate_value:.4f} beats champion v{cv} ({cm:.4f}){gain}"
+        return Decision(CHAMPION, f"{reason}{basis}{flagged}", cv, cm, warnings_)
+    reason = f"{primary_metric} {candidate_value:.4f} does not beat champion v{cv} ({cm:.4f}){gain}; champion unchanged"
+    return Decision(CHALLENGER, f"{reason}{basis}{flagged}", cv, cm, warnings_)
 
 
 # ---------------------------------------------------------------- what the MLflow model ships
@@ -355,7 +409,10 @@ def record_decision(client, registry_name: str, version: str, decision: Decision
         "champion_metric_value": "" if decision.champion_metric is None else repr(decision.champion_metric),
         "champion_version": decision.champion_version or "",
         "decision": decision.reason,
+        "warnings": json.dumps(list(decision.warnings)),
     }
+    if decision.alias == CHAMPION:  # what a rollback returns to
+        tags[PREVIOUS_CHAMPION_TAG] = decision.champion_version or ""
     for key, value in tags.items():
         client.set_model_version_tag(registry_name, version, key, value)
     kill_point("registry-tagged")  # tags written, alias not yet moved
@@ -389,6 +446,29 @@ def find_version_by_key(client, registry_name: str, registration_key: str):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the champion decision weighs besides the candidate's primary metric."""
+
+    head_to_head: HeadToHead | None = None
+    popularity: float | None = None  # the popularity baseline's primary metric on the same targets
+    baselines: dict[str, float] | None = None  # every baseline's primary metric
+    min_gain: float = 0.0
+
+    def tags(self) -> dict[str, str]:
+        tags = {"min_gain": repr(self.min_gain), "baselines": json.dumps(self.baselines or {}, sort_keys=True)}
+        if self.head_to_head is not None:
+            h = self.head_to_head
+            tags |= {
+                "head_to_head_champion_version": h.champion_version,
+                "head_to_head_champion_value": repr(h.value),
+                "head_to_head_unknown_targets": str(h.unknown_targets),
+                "head_to_head_targets": str(h.n_targets),
+                "head_to_head_test_fingerprint": h.test_fingerprint,
+            }
+        return tags
+
+
 def _decision_for(
     client,
     registry_name: str,
@@ -397,6 +477,7 @@ def _decision_for(
     primary_metric: str,
     split_fingerprint: str,
     recorded: dict[str, str],
+    evidence: Evidence = Evidence(),
 ) -> Decision:
     """Decide against the current champion; if a retried registration already made this version
     champion (it died before its last tag), keep the decision it recorded."""
@@ -407,8 +488,19 @@ def _decision_for(
             recorded["decision"],
             recorded.get("champion_version") or None,
             _float_or_none(recorded.get("champion_metric_value")),
+            tuple(json.loads(recorded.get("warnings") or "[]")),
         )
-    return decide_alias(candidate, primary_metric, split_fingerprint, champion, candidate_version=version)
+    return decide_alias(
+        candidate,
+        primary_metric,
+        split_fingerprint,
+        champion,
+        candidate_version=version,
+        head_to_head=evidence.head_to_head,
+        popularity=evidence.popularity,
+        baselines=evidence.baselines,
+        min_gain=evidence.min_gain,
+    )
 
 
 def _result(
@@ -432,6 +524,7 @@ def _result(
         experiment_id=experiment_id,
         tracking_uri=tracking_uri or mlflow.get_tracking_uri(),
         run_url=run_url,
+        warnings=list(decision.warnings),
     )
 
 
@@ -443,6 +536,7 @@ def _recorded_result(client, tracking_uri, registry_name: str, mv) -> Registrati
         tags.get("decision", ""),
         tags.get("champion_version") or None,
         _float_or_none(tags.get("champion_metric_value")),
+        tuple(json.loads(tags.get("warnings") or "[]")),
     )
     candidate = float(tags["primary_metric_value"])
     return _result(client, tracking_uri, registry_name, str(mv.version), mv.run_id, decision, candidate)
@@ -452,14 +546,25 @@ def _recorded_result(client, tracking_uri, registry_name: str, mv) -> Registrati
 
 
 def _decide_and_record(
-    client, tracking_uri, registry_name, version, candidate, primary_metric, split_fingerprint, recorded, version_tags
+    client,
+    tracking_uri,
+    registry_name,
+    version,
+    candidate,
+    primary_metric,
+    split_fingerprint,
+    recorded,
+    version_tags,
+    evidence: Evidence = Evidence(),
 ) -> Decision:
     """Read the champion, decide and move the alias as one step: under the store lock, and for a
     tracking server (no lock) compare-and-set: when the champion changed while deciding, decide again."""
     for _ in range(CAS_ATTEMPTS):
         with store_lock(tracking_uri):
             seen = read_champion(client, registry_name)
-            decision = _decision_for(client, registry_name, version, candidate, primary_metric, split_fingerprint, recorded)
+            decision = _decision_for(
+                client, registry_name, version, candidate, primary_metric, split_fingerprint, recorded, evidence
+            )
             now = read_champion(client, registry_name)
             if (seen and seen.version) == (now and now.version):
                 record_decision(client, registry_name, version, decision, version_tags)
@@ -483,13 +588,16 @@ def log_and_register(
     extra_artifacts: list[str | Path] | None = None,
     run_name: str | None = None,
     registration_key: str | None = None,
+    evidence: Evidence | None = None,
+    training_key: str | None = None,
 ) -> RegistrationResult:
     """Log the run and model, register a version, and set `champion` or `challenger`.
 
-    The new version becomes champion only if there is no champion yet, or if the champion was
-    evaluated on the same dataset and split (same fingerprint) and the new version's primary
-    metric is strictly higher (`decide_alias`). The decision and both numbers are stored as
-    version tags.
+    The champion rule is `decide_alias`: the candidate must beat the popularity baseline, and the
+    champion's number on the same test targets (its recorded value on the same split, or the
+    `evidence.head_to_head` re-evaluation on this one) by more than `evidence.min_gain`. The
+    decision, both numbers and the evidence are stored as version tags; `training_key` (split
+    content + settings + code) lets the next run see that it would train the same model again.
 
     With `registration_key`, a retry is safe: if a version tagged with that key exists, nothing
     new is logged; a fully registered one is returned as it was recorded, and one whose
@@ -509,6 +617,8 @@ def log_and_register(
         "data_manifest_hash": data_manifest_hash,
         "primary_metric": primary_metric,
         "primary_metric_value": repr(candidate),
+        **(evidence or Evidence()).tags(),
+        **({TRAINING_KEY_TAG: training_key} if training_key else {}),
         **(tags or {}),
     }
     key_tags = {REGISTRATION_KEY_TAG: registration_key} if registration_key else {}
@@ -529,6 +639,123 @@ def log_and_register(
         )
         recorded = {}
     decision = _decide_and_record(
-        client, tracking_uri, registry_name, version, candidate, primary_metric, split_fingerprint, recorded, version_tags
+        client,
+        tracking_uri,
+        registry_name,
+        version,
+        candidate,
+        primary_metric,
+        split_fingerprint,
+        recorded,
+        version_tags,
+        evidence or Evidence(),
     )
     return _result(client, tracking_uri, registry_name, version, run_id, decision, candidate, exp_id)
+
+
+# ---------------------------------------------------------------- what the next run needs to know
+
+
+def find_trained(tracking_uri: str | None, registry_name: str, training_key: str) -> dict | None:
+    """The registered version trained with `training_key` (same split content, settings, code):
+    {"version", "alias", "decision"} or None. A run that would train it again registers nothing."""
+    client = connect(tracking_uri)
+    if "'" in training_key or "'" in registry_name:
+        raise ValueError(f"training key and model name cannot contain a quote: {training_key!r}")
+    found = client.search_model_versions(f"name = '{registry_name}' AND tags.{TRAINING_KEY_TAG} = '{training_key}'")
+    done = [v for v in found if ALIAS_TAG in v.tags]  # fully registered
+    if not done:
+        return None
+    mv = min(done, key=lambda v: int(v.version))
+    aliases = client.get_registered_model(registry_name).aliases or {}
+    return {
+        "version": str(mv.version),
+        "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+        "decision": mv.tags.get("decision", ""),
+        "run_id": mv.run_id,
+    }
+
+
+def champion_snapshot(tracking_uri: str | None, registry_name: str) -> dict | None:
+    """The current champion: version, split fingerprint, primary metric and value (None without one)."""
+    client = connect(tracking_uri)
+    champion = read_champion(client, registry_name)
+    return None if champion is None else asdict(champion)
+
+
+def download_model_dir(tracking_uri: str | None, registry_name: str, version: str, dest: str | Path) -> Path:
+    """The model directory a version was logged with (config.json, weights, items), under dest."""
+    import mlflow
+
+    connect(tracking_uri)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    local = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registry_name}/{version}", dst_path=str(dest))
+    )
+    for config in sorted(local.rglob("config.json")):
+        if (config.parent / "model.safetensors").exists():
+            return config.parent
+    raise FileNotFoundError(
+        f"version {version} of {registry_name} holds no model directory (config.json + model.safetensors)"
+    )
+
+
+# ---------------------------------------------------------------- moving the alias by hand
+
+
+def _stamp(who: str, reason: str, **more: str) -> str:
+    from datetime import datetime, timezone
+
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return json.dumps({"by": who, "at": at, "reason": reason, **more})
+
+
+def promote(tracking_uri: str | None, registry_name: str, version: str, *, reason: str, who: str) -> dict:
+    """Make `version` the champion by hand; who and why go into both versions' tags."""
+    client = connect(tracking_uri)
+    with store_lock(tracking_uri):
+        client.get_model_version(registry_name, str(version))  # an unknown version is an error here
+        old = read_champion(client, registry_name)
+        if old is not None and old.version == str(version):
+            return {"registry_name": registry_name, "champion": str(version), "previous": old.version, "changed": False}
+        client.set_model_version_tag(registry_name, str(version), PREVIOUS_CHAMPION_TAG, old.version if old else "")
+        client.set_model_version_tag(
+            registry_name, str(version), "promoted", _stamp(who, reason, replaced=old.version if old else "")
+        )
+        if old is not None:
+            client.set_model_version_tag(
+                registry_name, old.version, "demoted", _stamp(who, reason, by_version=str(version))
+            )
+        client.set_registered_model_alias(registry_name, CHAMPION, str(version))
+    return {
+        "registry_name": registry_name,
+        "champion": str(version),
+        "previous": old.version if old else None,
+        "changed": True,
+    }
+
+
+def rollback(tracking_uri: str | None, registry_name: str, *, reason: str, who: str, to: str | None = None) -> dict:
+    """Give the champion alias back to the version the current champion replaced (or `to`)."""
+    client = connect(tracking_uri)
+    with store_lock(tracking_uri):
+        current = read_champion(client, registry_name)
+        if current is None:
+            raise ValueError(f"{registry_name} has no champion to roll back")
+        target = (
+            str(to) if to else client.get_model_version(registry_name, current.version).tags.get(PREVIOUS_CHAMPION_TAG)
+        )
+        if not target:
+            raise ValueError(
+                f"champion v{current.version} of {registry_name} replaced no earlier champion; name one with --to"
+            )
+        client.get_model_version(registry_name, target)
+        client.set_model_version_tag(
+            registry_name, current.version, "rolled_back", _stamp(who, reason, to_version=target)
+        )
+        client.set_model_version_tag(
+            registry_name, target, "restored", _stamp(who, reason, from_version=current.version)
+        )
+        client.set_registered_model_alias(registry_name, CHAMPION, target)
+    return {"registry_name": registry_name, "champion": target, "previous": current.version, "changed": True}

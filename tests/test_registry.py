@@ -20,6 +20,7 @@ from tasks.registry import (
     CHAMPION,
     ChampionInfo,
     Decision,
+    HeadToHead,
     decide_alias,
     embedded_tracking_uri,
     library_import_closure,
@@ -87,6 +88,48 @@ def test_decide_candidate_equal_is_not_better():
 def test_decide_candidate_worse():
     d = decide_alias(0.2, "mrr@20", FP, champ())
     assert d == Decision(CHALLENGER, "mrr@20 0.2000 does not beat champion v3 (0.3000); champion unchanged", "3", 0.3)
+
+
+def h2h(value=0.25, version="3", unknown=40):
+    return HeadToHead(
+        champion_version=version, value=value, unknown_targets=unknown, n_targets=1000, test_fingerprint=FP
+    )
+
+
+def test_decide_new_data_uses_the_champions_score_on_the_new_test_split():
+    d = decide_alias(0.28, "mrr@20", FP, champ(fingerprint=OTHER_FP), head_to_head=h2h(0.25))
+    assert d.alias == CHAMPION and d.champion_metric == 0.25 and d.champion_version == "3"
+    assert d.reason.startswith("mrr@20 0.2800 beats champion v3 (0.2500)")
+    assert "40 of its 1,000 targets are items it never saw" in d.reason
+    # the champion's own (old-split) value 0.3 would have kept it: the head-to-head decides
+    lost = decide_alias(0.24, "mrr@20", FP, champ(fingerprint=OTHER_FP), head_to_head=h2h(0.25))
+    assert lost.alias == CHALLENGER and "does not beat champion v3 (0.2500)" in lost.reason
+
+
+def test_decide_head_to_head_of_another_version_is_not_used():
+    # the champion changed after the head-to-head evaluation was made
+    d = decide_alias(0.9, "mrr@20", FP, champ(version="5", fingerprint=OTHER_FP), head_to_head=h2h(version="3"))
+    assert d.alias == CHALLENGER and d.reason.startswith("not comparable: champion v5")
+
+
+def test_decide_minimum_gain_is_relative():
+    assert decide_alias(0.302, "mrr@20", FP, champ(), min_gain=0.01).alias == CHALLENGER
+    d = decide_alias(0.304, "mrr@20", FP, champ(), min_gain=0.01)
+    assert d.alias == CHAMPION and "by more than 1.0%" in d.reason
+
+
+@pytest.mark.parametrize("champion", [None, champ(value=0.01)])
+def test_decide_never_promotes_what_does_not_beat_popularity(champion):
+    d = decide_alias(0.1, "mrr@20", FP, champion, popularity=0.1)
+    assert d.alias == CHALLENGER and "does not beat the popularity baseline (0.1000)" in d.reason
+    assert decide_alias(0.11, "mrr@20", FP, champion, popularity=0.1).alias == CHAMPION
+
+
+def test_decide_flags_a_loss_to_a_knn_baseline_loudly():
+    d = decide_alias(0.31, "mrr@20", FP, champ(), baselines={"item-knn": 0.35, "popularity": 0.5, "sknn": 0.2})
+    assert d.alias == CHAMPION  # flagged, not blocked
+    assert d.warnings == ("WARNING: loses to the item-knn baseline on mrr@20 (0.3100 < 0.3500)",)
+    assert d.reason.endswith("; WARNING: loses to the item-knn baseline on mrr@20 (0.3100 < 0.3500)")
 
 
 # ---------------------------------------------------------------- what the model ships
@@ -285,3 +328,64 @@ def test_logged_model_ships_inference_code_only_and_loads_in_a_fresh_process(mod
     assert all(100 <= i < 100 + N_ITEMS for r in out["items"] for i in r)
     assert Path(out["gru4rec"]).parent.parent.name == "code", out["gru4rec"]  # the model's own copy
     assert "gru4rec.trainer" not in out["loaded"]
+
+
+# ---------------------------------------------------------------- evidence, duplicates, promote and rollback
+
+
+def test_head_to_head_evidence_and_warnings_are_recorded_as_tags(model_dir, store):
+    _, _, client = store
+    register(model_dir, store, 0.30)
+    evidence = registry.Evidence(
+        head_to_head=HeadToHead("1", 0.21, unknown_targets=17, n_targets=500, test_fingerprint=OTHER_FP),
+        popularity=0.05,
+        baselines={"popularity": 0.05, "item-knn": 0.4},
+        min_gain=0.02,
+    )
+    r = register(model_dir, store, 0.25, fingerprint=OTHER_FP, evidence=evidence)
+    assert r.alias == CHAMPION and r.champion_metric == 0.21
+    assert r.warnings == ["WARNING: loses to the item-knn baseline on mrr@20 (0.2500 < 0.4000)"]
+    tags = client.get_model_version(NAME, r.version).tags
+    assert tags["head_to_head_champion_value"] == "0.21" and tags["head_to_head_unknown_targets"] == "17"
+    assert tags["head_to_head_test_fingerprint"] == OTHER_FP and tags["min_gain"] == "0.02"
+    assert tags["previous_champion"] == "1" and "WARNING" in tags["decision"]
+
+
+def test_find_trained_sees_only_fully_registered_versions_of_the_key(model_dir, store):
+    uri, _, client = store
+    assert registry.find_trained(uri, NAME, "k1") is None  # no such model yet
+    register(model_dir, store, 0.3, training_key="k1")
+    register(model_dir, store, 0.2, training_key="k2")
+    found = registry.find_trained(uri, NAME, "k1")
+    assert found["version"] == "1" and found["aliases"] == [CHAMPION]
+    assert registry.find_trained(uri, NAME, "k2")["aliases"] == [CHALLENGER]
+    assert registry.find_trained(uri, NAME, "k3") is None
+
+
+def test_download_model_dir_returns_the_logged_model(model_dir, store, tmp_path):
+    uri, _, _ = store
+    r = register(model_dir, store, 0.3)
+    got = registry.download_model_dir(uri, NAME, r.version, tmp_path / "dl")
+    assert (got / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+
+
+def test_promote_and_rollback_move_the_alias_and_record_who_and_why(model_dir, store):
+    uri, _, client = store
+    for mrr in (0.3, 0.4, 0.35):  # v1 champion, v2 champion (replaced v1), v3 challenger
+        register(model_dir, store, mrr)
+    assert champion_version(client) == "2"
+    back = registry.rollback(uri, NAME, reason="v2 recommends stale items", who="alice")
+    assert back["champion"] == "1" and champion_version(client) == "1"
+    rolled = json.loads(client.get_model_version(NAME, "2").tags["rolled_back"])
+    assert rolled["by"] == "alice" and rolled["reason"] == "v2 recommends stale items" and rolled["to_version"] == "1"
+    with pytest.raises(ValueError, match="replaced no earlier champion"):
+        registry.rollback(uri, NAME, reason="again", who="alice")  # v1 was the first champion
+    registry.promote(uri, NAME, "3", reason="A/B test won", who="bob")
+    assert champion_version(client) == "3"
+    assert json.loads(client.get_model_version(NAME, "3").tags["promoted"])["by"] == "bob"
+    assert registry.rollback(uri, NAME, reason="undo", who="bob")["champion"] == "1"
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException):
+        registry.promote(uri, NAME, "99", reason="typo", who="bob")
+    assert champion_version(client) == "1"
