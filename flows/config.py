@@ -79,6 +79,35 @@ class RegistrySettings(_Strict):
     experiment: str = Field(default="gru4rec", description="MLflow experiment of the runs.")
 
 
+class NotificationSettings(_Strict):
+    """Who hears about a failed run or a new champion (tasks/notify.py; README "Notifications")."""
+
+    notify_block: str | None = Field(
+        default=None,
+        description="Prefect block to notify through, as TYPE-SLUG/NAME: a notification block "
+        "(custom-webhook/NAME, slack-webhook/NAME, ...) or a webhook block (webhook/NAME); None = none.",
+    )
+    notify_url: str | None = Field(
+        default=None, description="URL to POST a JSON message to (Prefect's Webhook block, unsaved); None = none."
+    )
+    notify_on_failure: bool = Field(default=True, description="Notify when a run fails or crashes.")
+    notify_on_new_champion: bool = Field(default=True, description="Notify when a new version becomes champion.")
+
+    @field_validator("notify_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"notify_url must start with http:// or https://, got {v!r}")
+        return v
+
+    @field_validator("notify_block")
+    @classmethod
+    def _block_name(cls, v: str | None) -> str | None:
+        if v is not None and v.count("/") != 1:
+            raise ValueError(f"notify_block must be TYPE-SLUG/NAME (e.g. custom-webhook/gru4rec), got {v!r}")
+        return v
+
+
 class PipelineConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
@@ -86,6 +115,7 @@ class PipelineConfig(_Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     workdir: str = Field(default="runs", description="Run directories and the embedded MLflow store go here.")
     cache_data: bool = Field(
         default=True, description="Reuse ingest/validate/split results for the same source content and settings."
@@ -110,6 +140,7 @@ class PrepareConfig(_Strict):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     out_dir: str = Field(default="runs/prepare", description="Split directory to write.")
 
     @field_validator("out_dir")

@@ -23,6 +23,7 @@ from gru4rec.data.split_dir import MANIFEST, SPLIT_FILES
 from gru4rec.data.splitter import split_stats_table
 from gru4rec.errors import ConfigError, PipelineError
 from tasks.data import ingest_task, split_task, validate_task
+from tasks.notify import notify_failure
 
 STEP_DIRS = {"ingest": "ingest_manifest.json", "validation": "validation_manifest.json"}
 
@@ -53,7 +54,7 @@ def publish(attempt: Path, out: Path) -> None:
     shutil.rmtree(attempt)  # created by this run and now holding only what it replaced
 
 
-@flow(name="prepare_data", log_prints=True)
+@flow(name="prepare_data", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def prepare_data(config: PrepareConfig) -> dict:
     """Turn a raw interaction log into train/valid/test Parquet. Returns the split's paths and stats."""
     out = Path(config.out_dir).expanduser().resolve()

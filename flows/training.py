@@ -31,6 +31,7 @@ from gru4rec.jobs import metrics_table
 from tasks.caching import cached_or_recomputed, listed_files_intact, model_dir_intact
 from tasks.common import RETRY_OPTIONS
 from tasks.data import ingest_task, split_task, validate_task
+from tasks.notify import notify_failure
 from tasks.registry import store_locations
 from tasks.training import evaluate_task, register_task, train_task
 
@@ -256,7 +257,7 @@ def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, re
     return reg | {"tracking_uri": tracking_uri}
 
 
-@flow(name="training_pipeline", log_prints=True)
+@flow(name="training_pipeline", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def training_pipeline(config: PipelineConfig | None = None) -> dict:
     """Raw interaction log → validated split → trained GRU4Rec → evaluated → registered in MLflow."""
     run, directory = _start_run(config or PipelineConfig())
