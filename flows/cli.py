@@ -144,7 +144,10 @@ def _start_temporary_server() -> None:
         return
     subprocess.Popen(  # noqa: S603 - our own interpreter and code
         [sys.executable, "-c", SERVER_WATCHDOG, str(os.getpid())],
-        start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     server.start(timeout=int(os.environ[EPHEMERAL_STARTUP_TIMEOUT]))
 
@@ -162,7 +165,9 @@ def _run_flow(flow_fn, config):
             raise
         if "exited with code" in str(e):
             home = os.environ.get("PREFECT_HOME", "~/.prefect")
-            _fail(f"the temporary Prefect server exited while starting; is PREFECT_HOME={home} writable? ({str(e)[:300]})")
+            _fail(
+                f"the temporary Prefect server exited while starting; is PREFECT_HOME={home} writable? ({str(e)[:300]})"
+            )
         _fail(
             f"the temporary Prefect server did not start within {os.environ.get(EPHEMERAL_STARTUP_TIMEOUT)} s "
             f"(a busy machine?): raise {EPHEMERAL_STARTUP_TIMEOUT}, or start `prefect server start` and set "
@@ -206,17 +211,19 @@ def _read_config_file(path: Path | None) -> dict:
 
 
 def _check_sources(ingest) -> None:
-    """Source files named on this machine must exist and be files: said now, not after the server starts.
-    (The flows check again: a deployment's run may read files that only its worker sees.)"""
+    """Sources named on this machine must exist (a file, or a directory/glob holding data files): said
+    now, not after the server starts. (The flows check again: a deployment's run may read files that only
+    its worker sees.)"""
+    from gru4rec.data.sources import expand_source
+
     for setting in ("source", "test_source", "valid_source"):
         value = getattr(ingest, setting)
         if value is None:
             continue
-        path = Path(value).expanduser()
-        if path.is_dir():
-            _fail(f"{setting} {value} is a directory, not a file: name the log file itself")
-        if not path.exists():
-            _fail(f"{setting} {value} not found")
+        try:
+            expand_source(value, setting)
+        except PipelineError as e:
+            _fail(str(e))
 
 
 def _validated(model, data: dict):
@@ -299,9 +306,7 @@ def print_history_table(summary: dict) -> None:
     console.print(table)
 
 
-PresetOption = Annotated[
-    PresetName | None, typer.Option(help="Starting configuration ; default gru4rec-xe.")
-]
+PresetOption = Annotated[PresetName | None, typer.Option(help="Starting configuration ; default gru4rec-xe.")]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a preset field by dotted key: model.KEY=VALUE or train.KEY=VALUE."),
@@ -318,7 +323,9 @@ def train(
     full: Annotated[bool, typer.Option("--full", help="Train on train+valid (no validation).")] = False,
     resume: Annotated[
         bool,
-        typer.Option(help="Resume an interrupted run of the same job (same split, settings and code) from its checkpoint."),
+        typer.Option(
+            help="Resume an interrupted run of the same job (same split, settings and code) from its checkpoint."
+        ),
     ] = True,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a non-empty --out that is not a model directory.")
@@ -358,7 +365,12 @@ def evaluate(
     settings = _validated(EvaluationSettings, given)
     try:
         report = evaluate_on_split(
-            split, model, ks=tuple(settings.ks), ties=settings.ties, out=out, device=device,
+            split,
+            model,
+            ks=tuple(settings.ks),
+            ties=settings.ties,
+            out=out,
+            device=device,
             baselines=tuple(settings.baselines),
         )
     except PipelineError as e:
@@ -395,13 +407,26 @@ def run(
 
 
 def print_run_summary(result: dict, cfg: PipelineConfig) -> None:
+    reg = result["registration"]
+    if not reg.get("registered", True):  # nothing new to train
+        console.print(f"{reg['registry_name']}: {reg['decision']}", highlight=False)
+        console.print(f"MLflow: {result['tracking_uri']}", highlight=False)
+        return
     report = {
         "metrics": result["metrics"],
         "ks": cfg.evaluation.ks,
         "n_targets": result["metrics"]["gru4rec"]["n_targets"],
     }
     print_metrics_table(report, title=f"Test set ({report['n_targets']:,} targets, ties={cfg.evaluation.ties})")
-    reg = result["registration"]
+    h2h = reg.get("head_to_head")
+    if h2h:
+        console.print(
+            f"champion v{h2h['champion_version']} on this test split: {cfg.registry.primary_metric} "
+            f"{h2h['value']:.4f} ({h2h['unknown_targets']:,} of {h2h['n_targets']:,} targets unknown to it)",
+            highlight=False,
+        )
+    for warning in reg.get("warnings", []):
+        console.print(f"[bold yellow]{warning}[/bold yellow]", highlight=False)
     console.print(
         f"registered [bold]{reg['registry_name']}[/bold] version [bold]{reg['version']}[/bold] as "
         f"[bold]{reg['alias']}[/bold]: {reg['decision']}",
@@ -465,19 +490,27 @@ def _recommend_from_directory(model: str, items: list[str], k: int, exclude_seen
 REGISTRY_REFERENCE = re.compile(r"^[\w.-]+(@[\w.-]+|/\d+)?$")  # NAME, NAME@alias, NAME/version
 
 
+def _existing_store(tracking_uri: str | None, workdir: str) -> str:
+    """The tracking URI given, or the embedded store under the workdir if it exists."""
+    from gru4rec.errors import ModelFileError
+
+    if tracking_uri is not None:
+        return tracking_uri
+    store = Path(workdir) / "mlflow" / "mlflow.db"
+    if not store.is_file():  # never create an empty store just to look something up
+        raise ModelFileError(
+            f"no MLflow store at {store}: run `gru4rec-pipeline run` first, or pass --workdir/--tracking-uri"
+        )
+    return f"sqlite:///{store.resolve()}"
+
+
 def _registry_uri(model: str, tracking_uri: str | None, workdir: str) -> tuple[str, str]:
     """(tracking URI, models:/ URI) for a registry reference; a clear error for anything else."""
     from gru4rec.errors import ModelFileError
 
     if not REGISTRY_REFERENCE.match(model):
         raise ModelFileError(f"model directory {model} not found (and it is not a NAME[@alias] or NAME/version)")
-    if tracking_uri is None:
-        store = Path(workdir) / "mlflow" / "mlflow.db"
-        if not store.is_file():  # never create an empty store just to look something up
-            raise ModelFileError(
-                f"no MLflow store at {store}: run `gru4rec-pipeline run` first, or pass --workdir/--tracking-uri"
-            )
-        tracking_uri = f"sqlite:///{store.resolve()}"
+    tracking_uri = _existing_store(tracking_uri, workdir)
     name, _, alias = model.partition("@")
     return tracking_uri, f"models:/{model}" if "/" in model else f"models:/{name}@{alias or 'champion'}"
 
@@ -504,6 +537,62 @@ def _recommend_from_registry(model: str, items: list[str], k: int, exclude_seen:
         "unknown_items": list(row["unknown_items"]),
         "fallback": bool(row["fallback"]),
     }
+
+
+ModelName = Annotated[str, typer.Option("--model", help="Registered model name.")]
+Reason = Annotated[str, typer.Option(help="Why (recorded in the versions' tags with your user name).")]
+TrackingUri = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: embedded store).")]
+Workdir = Annotated[str | None, typer.Option(help="Workdir of the embedded MLflow store; default runs.")]
+
+
+def _move_alias(action, *args, **kwargs) -> None:
+    import getpass
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        result = action(*args, who=getpass.getuser(), **kwargs)
+    except (MlflowException, ValueError, PipelineError) as e:
+        _fail(str(getattr(e, "message", e)).splitlines()[0])
+    before = f" (was v{result['previous']})" if result["previous"] else ""
+    state = "is now" if result["changed"] else "already is"
+    console.print(f"{result['registry_name']}: v{result['champion']} {state} champion{before}", highlight=False)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    reason: Reason,
+    model: ModelName = "gru4rec",
+    tracking_uri: TrackingUri = None,
+    workdir: Workdir = None,
+) -> None:
+    """Make a registered version the champion by hand (who and why are recorded)."""
+    from tasks.registry import promote as promote_version
+
+    try:
+        uri = _existing_store(tracking_uri, workdir or PipelineConfig.model_fields["workdir"].default)
+    except PipelineError as e:
+        _fail(str(e))
+    _move_alias(promote_version, uri, model, version, reason=reason)
+
+
+@app.command()
+def rollback(
+    reason: Reason,
+    model: ModelName = "gru4rec",
+    to: Annotated[str | None, typer.Option(help="Version to restore (default: the one the champion replaced).")] = None,
+    tracking_uri: TrackingUri = None,
+    workdir: Workdir = None,
+) -> None:
+    """Give the champion alias back to the previous champion (who and why are recorded)."""
+    from tasks.registry import rollback as rollback_champion
+
+    try:
+        uri = _existing_store(tracking_uri, workdir or PipelineConfig.model_fields["workdir"].default)
+    except PipelineError as e:
+        _fail(str(e))
+    _move_alias(rollback_champion, uri, model, reason=reason, to=to)
 
 
 def main() -> None:

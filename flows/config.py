@@ -76,6 +76,12 @@ class RegistrySettings(_Strict):
         default=None, description="MLflow tracking/registry URI; None = embedded SQLite under the workdir."
     )
     primary_metric: str = Field(default="mrr@20", description="Test metric that decides the champion.")
+    min_gain: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Relative improvement over the champion's score on the same test targets needed to replace "
+        "it (0.01 = 1%).",
+    )
     experiment: str = Field(default="gru4rec", description="MLflow experiment of the runs.")
 
 

@@ -27,13 +27,13 @@ from gru4rec.data.splitter import split_stats_table
 from gru4rec.device import select_device
 from gru4rec.errors import DataValidationError
 from gru4rec.io import sha256_file, write_json_atomic
-from gru4rec.jobs import metrics_table
+from gru4rec.jobs import metrics_table, training_key
 from tasks.caching import cached_or_recomputed, listed_files_intact, model_dir_intact
 from tasks.common import RETRY_OPTIONS
-from tasks.data import ingest_task, split_task, validate_task
+from tasks.data import ingest_sources, split_task, validate_task
 from tasks.notify import notify_failure
 from tasks.registry import store_locations
-from tasks.training import evaluate_task, register_task, train_task
+from tasks.training import evaluate_champion_task, evaluate_task, find_trained_task, register_task, train_task
 
 
 @task(name="fingerprint-source", **RETRY_OPTIONS)
@@ -112,19 +112,38 @@ def _evaluation_artifact(report: dict) -> list[dict]:
 def _registration_artifact(reg: dict, tracking_uri: str) -> None:
     link = reg.get("run_url")
     browse = link or f"`mlflow ui --backend-store-uri {tracking_uri}` → experiment {reg['experiment_id']}"
-    md = "\n".join(
-        [
-            "## Model registration",
-            "",
-            f"- registered model: **{reg['registry_name']}** version **{reg['version']}** → alias **{reg['alias']}**",
-            f"- decision: {reg['decision']}",
-            f"- this version's {reg.get('primary_metric', 'primary metric')}: {reg['candidate_metric']:.5f}; "
-            f"champion before: {reg['champion_metric'] if reg['champion_metric'] is not None else '—'}",
-            f"- MLflow run: `{reg['run_id']}` ({browse})",
-            f'- load it: `mlflow.pyfunc.load_model("models:/{reg["registry_name"]}@{reg["alias"]}")`',
-        ]
-    )
-    create_markdown_artifact(key="registration", markdown=md, description="MLflow registry decision")
+    metric = reg.get("primary_metric", "primary metric")
+    champion = reg["champion_metric"]
+    lines = ["## Model registration", ""]
+    lines += [f"**{w}**" for w in reg.get("warnings", [])]
+    lines += [
+        f"- registered model: **{reg['registry_name']}** version **{reg['version']}** → alias **{reg['alias']}**",
+        f"- decision: {reg['decision']}",
+        f"- this version's {metric}: {_num(reg['candidate_metric'])}; champion before"
+        + (f" (v{reg['champion_version']})" if reg.get("champion_version") else "")
+        + f": {_num(champion) if champion is not None else '—'}",
+    ]
+    h2h = reg.get("head_to_head")
+    if h2h:
+        lines.append(
+            f"- head-to-head on this run's test split (fingerprint `{h2h['test_fingerprint'][:12]}`): champion "
+            f"v{h2h['champion_version']} {metric} {_num(h2h['value'])}, {h2h['unknown_targets']:,} of "
+            f"{h2h['n_targets']:,} targets are items it never saw (counted as misses)"
+        )
+    lines += [
+        f"- MLflow run: `{reg['run_id']}` ({browse})",
+        f'- load it: `mlflow.pyfunc.load_model("models:/{reg["registry_name"]}@{reg["alias"]}")`',
+    ]
+    create_markdown_artifact(key="registration", markdown="\n".join(lines), description="MLflow registry decision")
+
+
+def _num(value: float | None) -> str:
+    """4 significant digits, thousands separators: 12,086 / 0.03068."""
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
 
 
 @dataclass
@@ -162,9 +181,8 @@ def _prepare_split(run: RunContext) -> dict:
     cache = dict(use_cache=config.cache_data, cache_scope=str(run.workdir))
     t = time.perf_counter()
     source_key = run.source_key if config.cache_data else ""
-    ingest = cached_or_recomputed(
-        ingest_task, listed_files_intact, config.ingest, str(data_dir / "ingest"), source_key=source_key, **cache
-    )
+    files_cache = str(run.workdir / "cache" / "ingest-files")  # per-file parts of a directory/glob source
+    ingest = ingest_sources(config.ingest, str(data_dir / "ingest"), files_cache, source_key=source_key, **cache)
     run.timings["ingest"] = time.perf_counter() - t
     t = time.perf_counter()
     try:
@@ -188,17 +206,21 @@ def _prepare_split(run: RunContext) -> dict:
     return {"split_dir": str(split_dir), "manifest": split, "validation": validation, "fingerprint": fingerprint}
 
 
-def _train(run: RunContext, data: dict) -> tuple[dict, Gru4RecConfig, str]:
-    """Train (or, with cache_training, reuse a model trained on the same split content + config + code)."""
+def _training_config(run: RunContext) -> tuple[Gru4RecConfig, str]:
     logger = get_run_logger()
-    training = run.config.training
-    cfg = training.gru4rec_config()
+    cfg = run.config.training.gru4rec_config()
     cfg.train.progress = False  # the flow logs epochs; no terminal progress bar in a worker
     device = str(select_device(cfg.train.device))
     if device == "cpu":
         logger.warning("no GPU found (or device=cpu requested): training on the CPU")
     else:
         logger.info("training on %s", device)
+    return cfg, device
+
+
+def _train(run: RunContext, data: dict, cfg: Gru4RecConfig) -> dict:
+    """Train (or, with cache_training, reuse a model trained on the same split content + config + code)."""
+    training = run.config.training
     t = time.perf_counter()
     summary = cached_or_recomputed(
         train_task,
@@ -213,7 +235,7 @@ def _train(run: RunContext, data: dict) -> tuple[dict, Gru4RecConfig, str]:
     )
     run.timings["train"] = time.perf_counter() - t
     _history_artifact(summary["history"])
-    return summary, cfg, device
+    return summary
 
 
 def _evaluate(run: RunContext, data: dict, model_dir: str) -> dict:
@@ -225,14 +247,46 @@ def _evaluate(run: RunContext, data: dict, model_dir: str) -> dict:
     return report
 
 
-def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, report: dict, device: str) -> dict:
+def _challenge_champion(run: RunContext, data: dict, tracking_uri: str) -> dict | None:
+    """On new data: the champion evaluated on this run's test targets (None when not needed)."""
+    t = time.perf_counter()
+    e = run.config.evaluation
+    result = evaluate_champion_task(
+        data["split_dir"],
+        data["fingerprint"],
+        run.config.registry.model_dump(),
+        tracking_uri,
+        str(run.run_dir / "champion"),
+        e.ks,
+        e.ties,
+    )
+    run.timings["evaluate_champion"] = time.perf_counter() - t
+    return result
+
+
+def _evidence(run: RunContext, report: dict, head_to_head: dict | None) -> dict:
+    primary = run.config.registry.primary_metric
+    baselines = {name: m[primary] for name, m in report["metrics"].items() if name != "gru4rec"}
+    return {
+        "head_to_head": head_to_head,
+        "popularity": baselines.get("popularity"),
+        "baselines": baselines,
+        "min_gain": run.config.registry.min_gain,
+    }
+
+
+def _register(
+    run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, report: dict, device: str, extra: dict
+) -> dict:
     config, model_dir = run.config, Path(summary["model_dir"])
     tracking_uri, artifact_location = store_locations(config.registry.tracking_uri, run.workdir)
+    head_to_head = _challenge_champion(run, data, tracking_uri)
     t = time.perf_counter()
     metrics = report["metrics"]
     reg = register_task(
         str(model_dir),
-        metrics["gru4rec"] | {f"popularity_{k}": v for k, v in metrics.get("popularity", {}).items()},
+        metrics["gru4rec"]
+        | {f"{name}_{k}": v for name in metrics if name != "gru4rec" for k, v in metrics[name].items()},
         {"pipeline": config.model_dump(mode="json"), "model": cfg.model_dump(mode="json")},
         data["fingerprint"],
         sha256_file(data["manifest"]),
@@ -246,15 +300,63 @@ def _register(run: RunContext, data: dict, summary: dict, cfg: Gru4RecConfig, re
             "preset": config.training.preset,
             "device": device,
         },
-        [data["validation"], str(Path(data["split_dir"]) / "stats.json"), str(run.run_dir / "metrics.json"), str(model_dir / "history.json")],
+        [
+            data["validation"],
+            str(Path(data["split_dir"]) / "stats.json"),
+            str(run.run_dir / "metrics.json"),
+            str(model_dir / "history.json"),
+        ],
         f"{config.training.preset}-{run.flow_run_id[:8]}",
         # one run registers one model: a retried or resumed registration reuses its version
         f"{run.run_key[:32]}-{json.loads((model_dir / 'config.json').read_text())['weights_sha256'][:16]}",
+        _evidence(run, report, head_to_head),
+        extra["training_key"],
     )
     reg["primary_metric"] = config.registry.primary_metric
+    reg["head_to_head"] = head_to_head
     run.timings["register"] = time.perf_counter() - t
     _registration_artifact(reg, tracking_uri)
+    if reg["warnings"]:
+        get_run_logger().warning("; ".join(reg["warnings"]))
+    get_run_logger().info(
+        "registered %s v%s as %s: %s", reg["registry_name"], reg["version"], reg["alias"], reg["decision"]
+    )
     return reg | {"tracking_uri": tracking_uri}
+
+
+def _already_trained(run: RunContext, data: dict, cfg: Gru4RecConfig, device: str) -> tuple[str, dict | None]:
+    """The training key of this run and the version already trained with it (or None)."""
+    registry = run.config.registry
+    key = training_key(data["fingerprint"], cfg.model_dump(mode="json"), run.config.training.full, device)
+    tracking_uri, _ = store_locations(registry.tracking_uri, run.workdir)
+    return key, find_trained_task(tracking_uri, registry.name, key)
+
+
+def _unchanged(run: RunContext, data: dict, device: str, existing: dict) -> dict:
+    """Nothing to train: a registered version was made from the same data, settings and code."""
+    registry = run.config.registry
+    tracking_uri, _ = store_locations(registry.tracking_uri, run.workdir)
+    aliases = ", ".join(existing["aliases"]) or "no alias"
+    decision = (
+        f"no new version: v{existing['version']} ({aliases}) was trained on the same data (split "
+        f"{data['fingerprint'][:12]}), with the same settings and code; nothing trained or registered"
+    )
+    get_run_logger().info(decision)
+    create_markdown_artifact(
+        key="registration",
+        markdown=f"## Model registration\n\n- model **{registry.name}**: {decision}\n"
+        f"- MLflow run of v{existing['version']}: `{existing['run_id']}`",
+        description="MLflow registry decision",
+    )
+    reg = {
+        "registry_name": registry.name,
+        "version": existing["version"],
+        "alias": existing["aliases"][0] if existing["aliases"] else "none",
+        "decision": decision,
+        "registered": False,
+        "tracking_uri": tracking_uri,
+    }
+    return _finish(run, data, device, None, None, [], reg)
 
 
 @flow(name="training_pipeline", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
@@ -273,22 +375,29 @@ def training_pipeline(config: PipelineConfig | None = None) -> dict:
 
 def _run_steps(run: RunContext) -> dict:
     data = _prepare_split(run)
-    summary, cfg, device = _train(run, data)
+    cfg, device = _training_config(run)
+    key, existing = _already_trained(run, data, cfg, device)
+    if existing is not None:
+        return _unchanged(run, data, device, existing)
+    summary = _train(run, data, cfg)
     report = _evaluate(run, data, summary["model_dir"])
     eval_rows = _evaluation_artifact(report)
-    reg = _register(run, data, summary, cfg, report, device)
+    reg = _register(run, data, summary, cfg, report, device, {"training_key": key}) | {"registered": True}
+    return _finish(run, data, device, summary, report, eval_rows, reg)
 
+
+def _finish(run: RunContext, data: dict, device: str, summary, report, eval_rows: list, reg: dict) -> dict:
     total = time.perf_counter() - run.started
-    train_compute = sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in summary["history"])
-    compute = train_compute + run.timings["evaluate"]
+    train_compute = sum(h["seconds"] + h.get("valid_seconds", 0.0) for h in summary["history"]) if summary else 0.0
+    compute = train_compute + run.timings.get("evaluate", 0.0) + run.timings.get("evaluate_champion", 0.0)
     result = {
         "run_dir": str(run.run_dir),
         "split_dir": data["split_dir"],
-        "model_dir": summary["model_dir"],
+        "model_dir": summary["model_dir"] if summary else None,
         "device": device,
         "split_fingerprint": data["fingerprint"],
         "evaluation": eval_rows,
-        "metrics": report["metrics"],
+        "metrics": report["metrics"] if report else None,
         "registration": reg,
         "tracking_uri": reg["tracking_uri"],
         "timings": run.timings | {"total": total, "compute": compute, "overhead": total - compute},

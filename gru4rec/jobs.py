@@ -24,6 +24,18 @@ WORK_LOCK = ".lock"  # held in the checkpoint directory while a training writes 
 DEFAULT_KS = (1, 5, 10, 20)
 
 
+def training_key(split_fingerprint: str, config: dict, full: bool, device: str) -> str:
+    """What decides a trained model: split content, settings, train+valid or not, device type and
+    the library code. Two runs with the same key train the same model (on CPU bit for bit)."""
+    import hashlib
+    import json
+
+    from gru4rec.trainer import code_version
+
+    job = {"split": split_fingerprint, "config": config, "full": full, "device": device, "code": code_version()}
+    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
+
+
 def items_for_model(split: Split, full: bool) -> pl.DataFrame:
     """The item index a model ships with; `count` is the popularity over what it was trained on."""
     items = split.items

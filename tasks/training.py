@@ -66,6 +66,8 @@ def register_task(
     extra_artifacts: list[str],
     run_name: str,
     registration_key: str,
+    evidence: dict | None = None,
+    training_key: str | None = None,
 ) -> dict:
     from tasks.registry import fail_interrupted_runs, log_and_register
 
@@ -88,5 +90,63 @@ def register_task(
         extra_artifacts=[p for p in extra_artifacts if Path(p).exists()],
         run_name=run_name,
         registration_key=registration_key,
+        evidence=_evidence(evidence),
+        training_key=training_key,
     )
     return result.to_dict()
+
+
+def _evidence(raw: dict | None):
+    from tasks.registry import Evidence, HeadToHead
+
+    if raw is None:
+        return None
+    h2h = raw.get("head_to_head")
+    fields = ("champion_version", "value", "unknown_targets", "n_targets", "test_fingerprint")
+    return Evidence(
+        head_to_head=HeadToHead(**{k: h2h[k] for k in fields}) if h2h else None,
+        popularity=raw.get("popularity"),
+        baselines=raw.get("baselines"),
+        min_gain=raw.get("min_gain", 0.0),
+    )
+
+
+@task(name="find-trained-version", **RETRY_OPTIONS, cache_policy=NO_CACHE)
+def find_trained_task(tracking_uri: str, registry_name: str, training_key: str) -> dict | None:
+    """The registered version already trained with the same split content, settings and code."""
+    from tasks.registry import find_trained
+
+    return find_trained(tracking_uri, registry_name, training_key)
+
+
+@task(name="evaluate-champion", **RETRY_OPTIONS, cache_policy=NO_CACHE)
+def evaluate_champion_task(
+    split_dir: str, split_fingerprint: str, registry: dict, tracking_uri: str, work_dir: str, ks: list[int], ties: str
+) -> dict | None:
+    """The current champion on this run's test split, when it was tested on another one (new data);
+    None when there is no champion or it was tested on this same split (its recorded value counts)."""
+    from gru4rec.head_to_head import evaluate_on_new_split
+    from tasks.registry import champion_snapshot, download_model_dir
+
+    champion = champion_snapshot(tracking_uri, registry["name"])
+    if champion is None or champion["split_fingerprint"] == split_fingerprint:
+        return None
+    version = champion["version"]
+    model_dir = download_model_dir(tracking_uri, registry["name"], version, Path(work_dir) / f"v{version}")
+    report = evaluate_on_new_split(split_dir, model_dir, ks=tuple(ks), ties=ties)
+    get_run_logger().info(
+        "champion v%s on this run's test split: %s = %.4f (%s of %s targets are items it never saw)",
+        version,
+        registry["primary_metric"],
+        report["metrics"][registry["primary_metric"]],
+        f"{report['unknown_targets']:,}",
+        f"{report['n_targets']:,}",
+    )
+    return {
+        "champion_version": version,
+        "value": report["metrics"][registry["primary_metric"]],
+        "unknown_targets": report["unknown_targets"],
+        "n_targets": report["n_targets"],
+        "test_fingerprint": report["split_fingerprint"],
+        "metrics": report["metrics"],
+    }
