@@ -22,7 +22,7 @@ from flows.config import PrepareConfig
 from gru4rec.data.split_dir import MANIFEST, SPLIT_FILES
 from gru4rec.data.splitter import split_stats_table
 from gru4rec.errors import ConfigError, PipelineError
-from tasks.data import ingest_task, split_task, validate_task
+from tasks.data import ingest_sources, split_task, validate_task
 from tasks.notify import notify_failure
 
 STEP_DIRS = {"ingest": "ingest_manifest.json", "validation": "validation_manifest.json"}
@@ -60,7 +60,9 @@ def prepare_data(config: PrepareConfig) -> dict:
     out = Path(config.out_dir).expanduser().resolve()
     attempt = _attempt_dir(out)
     try:
-        ingest = ingest_task(config.ingest, str(attempt / "ingest"))
+        # A directory/glob source is read file by file, each file cached by content under <out>/.cache.
+        cache_dir = str(out / ".cache" / "ingest-files")
+        ingest = ingest_sources(config.ingest, str(attempt / "ingest"), cache_dir, use_cache=True, cache_scope=str(out))
         validation = validate_task(ingest, config.validation, str(attempt / "validation"))
         split_task(ingest, validation, config.split, str(attempt / "split"))
     except PipelineError as e:

@@ -78,12 +78,13 @@ def test_out_of_range_seed(seed, model_dir, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_directory_as_source(tmp_path):
+def test_directory_without_data_files_as_source(tmp_path):
     from gru4rec.data.config import IngestConfig
     from gru4rec.data.ingest import resolve_sources
     from gru4rec.errors import DataFormatError
 
-    with pytest.raises(DataFormatError, match="is a directory, not a file"):
+    (tmp_path / ".hidden.csv").write_text("s,i,t\n")
+    with pytest.raises(DataFormatError, match="no data files in directory"):
         resolve_sources(IngestConfig(source=str(tmp_path)))
 
 
@@ -136,6 +137,6 @@ def test_missing_or_directory_source_is_refused_before_the_flow_starts(tmp_path,
 
     monkeypatch.setattr(flows.prepare, "prepare_data", lambda cfg: pytest.fail("the flow started"))
     monkeypatch.setattr(flows.training, "training_pipeline", lambda cfg: pytest.fail("the flow started"))
-    _refused(runner.invoke(app, ["prepare", "--source", str(tmp_path), "--out", str(tmp_path / "o")]), "is a directory")
+    _refused(runner.invoke(app, ["prepare", "--source", str(tmp_path), "--out", str(tmp_path / "o")]), "no data files")
     _refused(runner.invoke(app, ["run", "--source", str(tmp_path / "nope.csv"), "--workdir", str(tmp_path / "w")]),
              "nope.csv not found")

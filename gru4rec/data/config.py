@@ -66,13 +66,21 @@ class ColumnMapping(_Strict):
 class IngestConfig(_Strict):
     source: str | None = Field(
         default=None,
-        description="Path to the log (file, .gz or .zip). None: download MovieLens-1M from GroupLens "
-        "(or use $GRU4REC_ML1M_PATH).",
+        description="The log: a file (.gz or .zip too), a directory of files (e.g. daily dumps, searched "
+        "recursively; hidden, _-prefixed and temporary files ignored) or a glob such as "
+        "'events/date=*/part-*.parquet'. Each file is read once and cached by content. None: download "
+        "MovieLens-1M from GroupLens (or use $GRU4REC_ML1M_PATH).",
     )
     format: SourceFormat | None = Field(default=None, description="Source format; None = detect from name and content.")
     test_source: str | None = Field(default=None, description="Test file for split='given'.")
     valid_source: str | None = Field(default=None, description="Optional validation file for split='given'.")
     columns: ColumnMapping | None = Field(default=None, description="Column mapping for format csv/parquet.")
+    window_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Rolling window: keep only the events of the last N days before the newest event "
+        "(None = all). Files wholly before the window are not read.",
+    )
     data_dir: str | None = Field(
         default=None, description="Download cache directory; None = $GRU4REC_DATA_DIR or ~/.cache/gru4rec-pipeline."
     )
