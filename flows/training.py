@@ -32,6 +32,7 @@ from tasks.caching import cached_or_recomputed, listed_files_intact, model_dir_i
 from tasks.common import RETRY_OPTIONS
 from tasks.data import ingest_sources, split_task, validate_task
 from tasks.notify import notify_failure
+from tasks.plots import comparison_plot, markdown_image, training_plot
 from tasks.registry import store_locations
 from tasks.training import evaluate_champion_task, evaluate_task, find_trained_task, register_task, train_task
 
@@ -54,15 +55,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _sparkline(values: list[float]) -> str:
-    bars = "▁▂▃▄▅▆▇█"
-    if not values:
-        return ""
-    lo, hi = min(values), max(values)
-    span = (hi - lo) or 1.0
-    return "".join(bars[min(7, int((v - lo) / span * 7.999))] for v in values)
-
-
 def _validation_artifact(validation_manifest: Path) -> None:
     if not validation_manifest.exists():
         return
@@ -81,32 +73,48 @@ def _validation_artifact(validation_manifest: Path) -> None:
     create_table_artifact(key="validation-summary", table=rows, description="Great Expectations validation")
 
 
-def _history_artifact(history: list[dict]) -> None:
+def _rounded(row: dict) -> dict:
+    return {k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def _history_artifact(run: RunContext, history: list[dict]) -> Path:
+    """The per-epoch table and the PNG training plot (also logged to MLflow with the run)."""
     cols = ["epoch", "loss", "events_per_s", "seconds"] + sorted(k for k in history[0] if k.startswith("valid_"))
-    rows = [{c: (round(h[c], 5) if isinstance(h.get(c), float) else h.get(c)) for c in cols} for h in history]
+    rows = [_rounded({c: h.get(c) for c in cols}) for h in history]
     create_table_artifact(key="training-history", table=rows, description="Loss, speed and validation per epoch")
+    png = training_plot(history, run.run_dir / "plots" / "training.png", title=run.config.training.preset)
+    last = history[-1]
     lines = [
-        "## Training history",
+        "## Training",
         "",
-        f"loss per epoch: `{_sparkline([h['loss'] for h in history])}` "
-        f"({history[0]['loss']:.4f} → {history[-1]['loss']:.4f})",
+        markdown_image(png, "loss and validation per epoch"),
+        "",
+        f"{len(history)} epochs; last: loss {_num(last['loss'])}, {_num(last['events_per_s'])} events/s. "
+        f"The PNG is logged to MLflow with the run (`training.png`).",
     ]
-    if "valid_mrr@20" in history[0]:
-        vals = [h["valid_mrr@20"] for h in history]
-        lines.append(f"valid MRR@20 per epoch: `{_sparkline(vals)}` ({vals[0]:.4f} → {vals[-1]:.4f})")
-    lines += ["", "| epoch | loss | events/s |", "|---:|---:|---:|"]
-    lines += [f"| {h['epoch']} | {h['loss']:.4f} | {h['events_per_s']:,.0f} |" for h in history]
-    create_markdown_artifact(key="training-chart", markdown="\n".join(lines), description="Training history chart")
+    create_markdown_artifact(key="training-chart", markdown="\n".join(lines), description="Training curves (PNG)")
+    return png
 
 
-def _evaluation_artifact(report: dict) -> list[dict]:
-    rows = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()} for r in metrics_table(report)]
+def _evaluation_artifact(run: RunContext, report: dict, head_to_head: dict | None) -> tuple[list[dict], Path]:
+    metrics = dict(report["metrics"])
+    if head_to_head:
+        metrics[f"champion v{head_to_head['champion_version']}"] = head_to_head["metrics"]
+    table = metrics_table({"metrics": metrics, "ks": report["ks"]})
     create_table_artifact(
         key="evaluation",
-        table=rows,
-        description=f"Test set, {report['n_targets']:,} targets, ties={report['ties']}: GRU4Rec vs baselines",
+        table=[_rounded(r) for r in table],
+        description=f"Test set, {report['n_targets']:,} targets, ties={report['ties']}: GRU4Rec vs baselines"
+        + (" and the champion (head-to-head)" if head_to_head else ""),
     )
-    return rows
+    k = max(report["ks"])
+    png = comparison_plot(metrics, [f"recall@{k}", f"mrr@{k}"], run.run_dir / "plots" / "comparison.png")
+    create_markdown_artifact(
+        key="evaluation-chart",
+        markdown=f"## Test set: GRU4Rec against the baselines\n\n{markdown_image(png, 'metric comparison')}",
+        description="Recall and MRR against the baselines (PNG)",
+    )
+    return metrics_table(report), png
 
 
 def _registration_artifact(reg: dict, tracking_uri: str) -> None:
@@ -232,9 +240,10 @@ def _train(run: RunContext, data: dict, cfg: Gru4RecConfig) -> dict:
         training.preset,
         use_cache=run.config.cache_training,
         cache_scope=str(run.workdir),
+        wait_for=[data["manifest"]],  # the run graph shows split → train
     )
     run.timings["train"] = time.perf_counter() - t
-    _history_artifact(summary["history"])
+    summary["plots"] = [str(_history_artifact(run, summary["history"]))]
     return summary
 
 
@@ -242,7 +251,9 @@ def _evaluate(run: RunContext, data: dict, model_dir: str) -> dict:
     t = time.perf_counter()
     e = run.config.evaluation
     out = str(run.run_dir / "metrics.json")
-    report = evaluate_task(data["split_dir"], model_dir, e.ks, e.ties, list(e.baselines), out)
+    report = evaluate_task(
+        data["split_dir"], model_dir, e.ks, e.ties, list(e.baselines), out, wait_for=[data["manifest"]]
+    )
     run.timings["evaluate"] = time.perf_counter() - t
     return report
 
@@ -259,6 +270,7 @@ def _challenge_champion(run: RunContext, data: dict, tracking_uri: str) -> dict 
         str(run.run_dir / "champion"),
         e.ks,
         e.ties,
+        wait_for=[data["manifest"]],
     )
     run.timings["evaluate_champion"] = time.perf_counter() - t
     return result
@@ -280,7 +292,7 @@ def _register(
 ) -> dict:
     config, model_dir = run.config, Path(summary["model_dir"])
     tracking_uri, artifact_location = store_locations(config.registry.tracking_uri, run.workdir)
-    head_to_head = _challenge_champion(run, data, tracking_uri)
+    head_to_head = extra["head_to_head"]
     t = time.perf_counter()
     metrics = report["metrics"]
     reg = register_task(
@@ -305,12 +317,14 @@ def _register(
             str(Path(data["split_dir"]) / "stats.json"),
             str(run.run_dir / "metrics.json"),
             str(model_dir / "history.json"),
+            *extra["plots"],
         ],
         f"{config.training.preset}-{run.flow_run_id[:8]}",
         # one run registers one model: a retried or resumed registration reuses its version
         f"{run.run_key[:32]}-{json.loads((model_dir / 'config.json').read_text())['weights_sha256'][:16]}",
         _evidence(run, report, head_to_head),
         extra["training_key"],
+        wait_for=[summary, report] + ([head_to_head] if head_to_head else []),
     )
     reg["primary_metric"] = config.registry.primary_metric
     reg["head_to_head"] = head_to_head
@@ -381,8 +395,11 @@ def _run_steps(run: RunContext) -> dict:
         return _unchanged(run, data, device, existing)
     summary = _train(run, data, cfg)
     report = _evaluate(run, data, summary["model_dir"])
-    eval_rows = _evaluation_artifact(report)
-    reg = _register(run, data, summary, cfg, report, device, {"training_key": key}) | {"registered": True}
+    tracking_uri, _ = store_locations(run.config.registry.tracking_uri, run.workdir)
+    head_to_head = _challenge_champion(run, data, tracking_uri)
+    eval_rows, comparison = _evaluation_artifact(run, report, head_to_head)
+    extra = {"training_key": key, "head_to_head": head_to_head, "plots": [*summary["plots"], str(comparison)]}
+    reg = _register(run, data, summary, cfg, report, device, extra) | {"registered": True}
     return _finish(run, data, device, summary, report, eval_rows, reg)
 
 

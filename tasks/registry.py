@@ -377,6 +377,7 @@ def log_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params({k[:250]: v[:6000] for k, v in _flatten(config).items()})
         mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
+        log_history(mlflow, Path(model_dir) / "history.json")
         mlflow.set_tags(run_tags)
         mlflow.log_dict(config, "config.json")
         for path in extra_artifacts or []:
@@ -384,6 +385,20 @@ def log_run(
         info = _log_pyfunc(mlflow, model_dir, registry_name, version_tags)
         kill_point("registry-version-created")  # the version exists, untagged, its run still RUNNING
     return run.info.run_id, str(info.registered_model_version)
+
+
+def log_history(mlflow, history_file: Path) -> None:
+    """Every per-epoch number of the training (loss, events/s, validation metrics) with step =
+    epoch, so MLflow's charts show curves."""
+    if not history_file.is_file():
+        return
+    for record in json.loads(history_file.read_text(encoding="utf-8")):
+        numbers = {
+            f"epoch_{metric_key(k)}": float(v)
+            for k, v in record.items()
+            if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        mlflow.log_metrics(numbers, step=int(record["epoch"]))
 
 
 def read_champion(client, registry_name: str) -> ChampionInfo | None:

@@ -40,7 +40,50 @@ def train_task(
     from gru4rec.jobs import train_on_split
 
     cfg = Gru4RecConfig.model_validate_json(config_json)
-    return train_on_split(split_dir, cfg, model_dir, full=full, preset=preset, resume=True)
+    reporter = EpochReporter(cfg.train.epochs)
+    summary = train_on_split(split_dir, cfg, model_dir, full=full, preset=preset, resume=True, callbacks=[reporter])
+    reporter.finish()
+    return summary
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+class EpochReporter:
+    """After each epoch: a log line in the flow run (loss, events/s, validation metrics) and the
+    Prefect progress artifact moved on, so the UI shows a training while it runs."""
+
+    def __init__(self, epochs: int):
+        from prefect.artifacts import create_progress_artifact
+
+        self.epochs = epochs
+        self.logger = get_run_logger()
+        self.artifact = create_progress_artifact(
+            progress=0.0, key="training-progress", description=f"Training: epochs done of {epochs}"
+        )
+
+    def __call__(self, record: dict) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        valid = ", ".join(
+            f"{k.removeprefix('valid_')} {_fmt(v)}" for k, v in record.items() if k.startswith("valid_") and "@" in k
+        )
+        self.logger.info(
+            "epoch %d/%d: loss %s, %s events/s, %s s%s",
+            record["epoch"],
+            self.epochs,
+            _fmt(record["loss"]),
+            _fmt(record["events_per_s"]),
+            _fmt(record["seconds"]),
+            f"; validation {valid}" if valid else "",
+        )
+        update_progress_artifact(self.artifact, progress=100.0 * record["epoch"] / self.epochs)
+
+    def finish(self) -> None:  # early stopping (or a finished checkpoint) ends before the last epoch
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self.artifact, progress=100.0)
 
 
 @task(name="evaluate", **RETRY_OPTIONS, cache_policy=NO_CACHE)

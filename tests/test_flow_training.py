@@ -214,3 +214,49 @@ def test_registration_failing_after_the_version_exists_is_retried_without_a_dupl
     assert len(calls) == 2 and len(after) == len(before) + 1, "the retry must finish the version it created"
     version = client.get_model_version("ml100k", result["registration"]["version"])
     assert version.tags["alias"] == result["registration"]["alias"] and version.tags["decision"]
+
+
+def test_run_can_be_watched_in_the_ui_and_mlflow(first_run):
+    """Progress while training, epoch lines in the flow-run log, PNG plots in the artifacts and in
+    MLflow, per-epoch curves in MLflow, and a run graph that connects the data and model halves."""
+    import asyncio
+    import base64
+
+    from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    workdir, _, result = first_run
+    run_id = result["flow_run_id"]
+    progress = Artifact.get("training-progress")
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    chart = Artifact.get("training-chart").data
+    png = base64.b64decode(chart.split("data:image/png;base64,")[1].split(")")[0])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert "data:image/png;base64," in Artifact.get("evaluation-chart").data
+
+    async def logs_and_task_runs():
+        async with get_client() as client:
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            return [log.message for log in logs], runs
+
+    messages, task_runs = asyncio.run(logs_and_task_runs())
+    assert any(m.startswith("epoch 1/1: loss ") and "events/s" in m for m in messages), messages
+    assert any(m.startswith("registered ml100k v1 as champion") for m in messages)
+    by_id = {str(t.id): t for t in task_runs}
+    train = next(t for t in task_runs if t.task_key.startswith("train-") or t.name.startswith("train-"))
+    upstream = {
+        by_id[str(i.id)].name.split("-")[0] for ins in train.task_inputs.values() for i in ins if str(i.id) in by_id
+    }
+    assert "split" in upstream, train.task_inputs
+    register = next(t for t in task_runs if t.name.startswith("register-"))
+    upstream = {by_id[str(i.id)].name.rsplit("-", 1)[0] for ins in register.task_inputs.values() for i in ins}
+    assert {"train", "evaluate"} <= upstream, upstream
+
+    client, _ = _versions(workdir)
+    run_id = result["registration"]["run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "epoch_loss")] == [1]
+    assert [m.step for m in client.get_metric_history(run_id, "epoch_events_per_s")] == [1]
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    assert {"training.png", "comparison.png"} <= logged, logged
