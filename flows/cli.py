@@ -23,6 +23,7 @@ from rich.table import Table
 
 from flows.cli_options import deep_update, options_for, with_options
 from flows.config import EvaluationSettings, PipelineConfig, PrepareConfig, TrainingSettings
+from flows.ops_cli import register as register_operations
 from gru4rec.config import Gru4RecConfig
 from gru4rec.device import DeviceName
 from gru4rec.errors import PipelineError, validation_errors_text
@@ -593,6 +594,9 @@ def rollback(
     except PipelineError as e:
         _fail(str(e))
     _move_alias(rollback_champion, uri, model, reason=reason, to=to)
+
+
+register_operations(app)  # deploy, schedule pause|resume|status, notify test (flows/ops_cli.py)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flows.config import PipelineConfig
@@ -41,11 +42,106 @@ def test_serving_deployments_read_a_model_that_a_deployment_trains():
     from flows.serve import deployments
 
     spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
-    trained = {PipelineConfig.model_validate(d["parameters"]["config"]).registry.name
-               for d in spec["deployments"] if "config" in d.get("parameters", {})}
+    trained = {
+        PipelineConfig.model_validate(d["parameters"]["config"]).registry.name
+        for d in spec["deployments"]
+        if "config" in d.get("parameters", {})
+    }
     served = [d["parameters"]["model_name"] for d in spec["deployments"] if "model_name" in d.get("parameters", {})]
     assert served and set(served) <= trained
     by_name = {d.name: d for d in deployments()}
-    assert by_name["batch-recommend"].parameters["model_name"] == (
-        by_name["nightly-ml1m"].parameters["config"]["registry"]["name"]
+    assert (
+        by_name["batch-recommend"].parameters["model_name"]
+        == (by_name["nightly-ml1m"].parameters["config"]["registry"]["name"])
     )
+
+
+# ------------------------------------------------------------------ a real server: pause survives redeploy
+
+
+@pytest.fixture(scope="module")
+def deploy_server(tmp_path_factory):
+    from tests.prefect_server import running_prefect_server
+
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
+        yield env
+
+
+def _state(env: dict) -> dict:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.ops_cli import schedule_state
+
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        return schedule_state("training_pipeline/nightly-ml1m")
+
+
+def _ok(done) -> str:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_the_nightly_schedule_is_keyed_by_slug_without_active():
+    spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
+    (schedule,) = next(d for d in spec["deployments"] if d["name"] == "nightly-ml1m")["schedules"]
+    assert schedule["slug"] == "nightly" and schedule["timezone"] == "UTC"
+    assert "active" not in schedule  # `active: true` switches a paused schedule back on at every deploy
+
+
+def test_a_paused_schedule_stays_paused_when_redeployed(deploy_server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.prefect_server import run_cli
+
+    env = deploy_server
+    out = _ok(run_cli(env, "gru4rec-pipeline", "deploy"))
+    assert "cron 0 2 * * * in UTC" in out
+    state = _state(env)
+    assert not state["paused"]
+    assert [(s["slug"], s["schedule"], s["timezone"], s["active"]) for s in state["schedules"]] == [
+        ("nightly", "cron 0 2 * * *", "UTC", True)
+    ]
+
+    _ok(run_cli(env, "gru4rec-pipeline", "schedule", "pause"))
+    assert [s["active"] for s in _state(env)["schedules"]] == [False]
+
+    # Prefect's own redeploy keeps the paused schedule paused (slug, no `active:` in the file) ...
+    _ok(run_cli(env, "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"))
+    assert [s["active"] for s in _state(env)["schedules"]] == [False]
+
+    # ... and our deploy also keeps a deployment paused with the UI's deployment toggle, while it
+    # changes the timezone
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            client.pause_deployment(state["id"])
+    out = _ok(run_cli(env, "gru4rec-pipeline", "deploy", "--timezone", "Europe/Berlin"))
+    assert "deployment nightly-ml1m paused again" in out
+    state = _state(env)
+    assert state["paused"]
+    assert [(s["timezone"], s["active"]) for s in state["schedules"]] == [("Europe/Berlin", False)]
+    status = _ok(run_cli(env, "gru4rec-pipeline", "schedule", "status"))
+    assert "PAUSED" in status and "Europe/Berlin" in status
+
+    _ok(run_cli(env, "gru4rec-pipeline", "schedule", "resume"))
+    _ok(run_cli(env, "gru4rec-pipeline", "deploy"))  # an active schedule stays active
+    state = _state(env)
+    assert not state["paused"]
+    assert [(s["timezone"], s["active"]) for s in state["schedules"]] == [("UTC", True)]
+
+
+def test_deploy_refuses_an_unknown_timezone_before_deploying(deploy_server):
+    from tests.prefect_server import run_cli
+
+    done = run_cli(deploy_server, "gru4rec-pipeline", "deploy", "--timezone", "Mars/Olympus")
+    assert done.returncode == 2 and "unknown timezone 'Mars/Olympus'" in done.stderr
+
+
+def test_schedule_commands_need_a_server():
+    import os
+
+    from tests.prefect_server import run_cli
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = run_cli(env, "gru4rec-pipeline", "schedule", "status")
+    assert done.returncode == 2 and "PREFECT_API_URL" in done.stderr
