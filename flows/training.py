@@ -31,7 +31,7 @@ from gru4rec.jobs import metrics_table, training_key
 from tasks.caching import cached_or_recomputed, listed_files_intact, model_dir_intact
 from tasks.common import RETRY_OPTIONS
 from tasks.data import ingest_sources, split_task, validate_task
-from tasks.notify import notify_failure
+from tasks.notify import notify_failure, notify_new_champion
 from tasks.plots import comparison_plot, markdown_image, training_plot
 from tasks.registry import store_locations
 from tasks.training import evaluate_champion_task, evaluate_task, find_trained_task, register_task, train_task
@@ -335,7 +335,25 @@ def _register(
     get_run_logger().info(
         "registered %s v%s as %s: %s", reg["registry_name"], reg["version"], reg["alias"], reg["decision"]
     )
+    if reg["alias"] == "champion":
+        _tell_new_champion(run, reg)
     return reg | {"tracking_uri": tracking_uri}
+
+
+def _tell_new_champion(run: RunContext, reg: dict) -> None:
+    """A notification through the configured Prefect block (never fails the run)."""
+    metric = run.config.registry.primary_metric
+    previous = None
+    if reg.get("champion_version"):
+        previous = {"version": reg["champion_version"], metric: reg["champion_metric"]}
+    notify_new_champion(
+        reg["registry_name"],
+        reg["version"],
+        {metric: reg["candidate_metric"]},
+        previous,
+        reg["decision"],
+        settings=run.config.notifications,
+    )
 
 
 def _already_trained(run: RunContext, data: dict, cfg: Gru4RecConfig, device: str) -> tuple[str, dict | None]:
