@@ -342,6 +342,43 @@ def notify_test(
     console.print("delivered")
 
 
+@notify_app.command("setup")
+def notify_setup(
+    url: Annotated[str, typer.Option(help="Webhook URL the notifications are POSTed to (JSON subject/body/text).")],
+    block_name: Annotated[
+        str, typer.Option(help="Name of the Custom Webhook block to save.")
+    ] = "gru4rec-notifications",
+    automations: Annotated[
+        bool,
+        typer.Option(help="Also create server automations (failed run, new champion) that notify through the block."),
+    ] = False,
+) -> None:
+    """Save a Custom Webhook notification block (and, with --automations, the server automations)."""
+    from pydantic import ValidationError
+
+    from flows.config import NotificationSettings
+    from tasks.notify import create_automations, save_webhook_block
+
+    try:
+        NotificationSettings(notify_url=url)
+    except ValidationError as e:
+        _fail(str(e.errors()[0]["msg"]).removeprefix("Value error, "))
+    if automations:
+        _api_url()  # automations need a real server (the CLI's temporary one runs no triggers)
+    block_id = save_webhook_block(url, block_name)
+    console.print(f"saved block custom-webhook/{block_name}", highlight=False)
+    if automations:
+        for name in create_automations(block_id):
+            console.print(f"created automation {name!r}", highlight=False)
+        console.print("runs need no notify_block now (it would send each message twice)", highlight=False)
+    else:
+        console.print(
+            f"runs notify through it with --notify-block custom-webhook/{block_name} "
+            f'(or "notifications": {{"notify_block": "custom-webhook/{block_name}"}} in their config)',
+            highlight=False,
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add the operations commands to the `gru4rec-pipeline` app."""
     app.command("deploy")(deploy)

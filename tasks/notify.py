@@ -252,3 +252,76 @@ def notify_failure(flow, flow_run, state) -> None:
         deliver(settings, subject, body, payload, logger)
     except Exception as e:  # a hook must never change the run's outcome
         logger.warning("failure notification not sent: %s: %s", type(e).__name__, e)
+
+
+# ------------------------------------------------------------------------- setting it up on a server
+
+DEFAULT_BLOCK_NAME = "gru4rec-notifications"
+FAILURE_AUTOMATION = "gru4rec: pipeline run failed"
+CHAMPION_AUTOMATION = "gru4rec: new champion"
+
+
+def save_webhook_block(url: str, name: str = DEFAULT_BLOCK_NAME):
+    """Save a Custom Webhook notification block that POSTs {"subject", "body", "text"} as JSON to
+    ``url``; returns its block document id (use it as ``notify_block: custom-webhook/<name>``)."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block = CustomWebhookNotificationBlock(
+        name=name,
+        url=url,
+        json_data={"subject": "{{subject}}", "body": "{{body}}", "text": "{{subject}}\n{{body}}"},
+        timeout=TIMEOUT_S,
+    )
+    return block.save(name, overwrite=True)
+
+
+def create_automations(block_document_id) -> list[str]:
+    """(Re)create the two server automations that notify through the block: a failed or crashed
+    run of the pipeline's flows, and the event ``gru4rec.model.champion``. Needs a server whose
+    triggers service runs (`prefect server start`). Returns the automations' names."""
+    from prefect.automations import Automation, EventTrigger, Posture, SendNotification
+    from prefect.client.orchestration import get_client
+
+    failure = Automation(
+        name=FAILURE_AUTOMATION,
+        description="A run of training_pipeline or prepare_data failed or crashed (created by gru4rec-pipeline).",
+        trigger=EventTrigger(
+            expect=set(FAILURE_EVENTS),
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": list(PIPELINE_FLOWS)},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_document_id,
+                subject="gru4rec: {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}",
+                body="Flow run {{ flow_run.name }} of {{ flow.name }} ended {{ flow_run.state.name }}.\n"
+                "{{ flow_run.state.message }}\nSee {{ flow_run|ui_url }}",
+            )
+        ],
+    )
+    champion = Automation(
+        name=CHAMPION_AUTOMATION,
+        description="A registered version became the champion (event gru4rec.model.champion).",
+        trigger=EventTrigger(
+            expect={CHAMPION_EVENT},
+            match={"prefect.resource.id": "gru4rec.model.*"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_document_id,
+                subject="{{ event.payload.subject }}",
+                body="{{ event.payload.body }}",
+            )
+        ],
+    )
+    with get_client(sync_client=True) as client:
+        for automation in (failure, champion):
+            for old in client.read_automations_by_name(automation.name):
+                client.delete_automation(old.id)
+    for automation in (failure, champion):
+        automation.create()
+    return [failure.name, champion.name]

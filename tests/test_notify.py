@@ -234,3 +234,67 @@ def test_a_failing_receiver_leaves_a_failed_run_failed_for_its_own_reason(prefec
     assert len(receiver.wait()) == 1
     logs = _flow_run_logs(state.state_details.flow_run_id)
     assert any("failed (the run is not affected)" in m and "503" in m for m in logs), logs
+
+
+# ------------------------------------------------------------- automations on a real server (triggers on)
+
+
+@pytest.fixture(scope="module")
+def automation_server(tmp_path_factory):
+    from tests.prefect_server import running_prefect_server
+
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
+        yield env
+
+
+CHAMPION_SCRIPT = """
+from tasks.notify import notify_new_champion
+assert notify_new_champion("gru4rec-ml1m", 3, {"mrr@20": 0.21}, {"version": "2", "mrr@20": 0.19}, "better",
+                           settings={}) is False   # nothing sent from the run: the server does it
+"""
+
+FAILING_PREPARE_SCRIPT = """
+import sys
+from flows.config import PrepareConfig
+from flows.prepare import prepare_data
+state = prepare_data(PrepareConfig(ingest={"source": sys.argv[1]}, out_dir=sys.argv[2]), return_state=True)
+assert state.is_failed()
+"""
+
+
+def test_server_automations_notify_a_new_champion_and_a_failed_run(automation_server, receiver, tmp_path):
+    """The second way: the runs send nothing, the server's automations (SendNotification through a
+    Custom Webhook block) answer the champion event and Prefect's own flow-run Failed event."""
+    import subprocess
+    import sys
+
+    from tests.prefect_server import REPO, run_cli
+
+    env = automation_server
+    done = run_cli(env, "gru4rec-pipeline", "notify", "setup", "--url", receiver.url + "/auto", "--automations")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "created automation 'gru4rec: new champion'" in done.stdout
+
+    script = subprocess.run(
+        [sys.executable, "-c", CHAMPION_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert script.returncode == 0, script.stderr[-3000:]
+    (request,) = receiver.wait(1, timeout=120)
+    assert request["path"] == "/auto"
+    assert request["body"]["subject"] == "gru4rec: gru4rec-ml1m version 3 is the new champion"
+    assert "It replaces version 2, mrr@20 0.19" in request["body"]["body"]
+
+    script = subprocess.run(
+        [sys.executable, "-c", FAILING_PREPARE_SCRIPT, str(tmp_path / "missing.csv"), str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert script.returncode == 0, script.stderr[-3000:]
+    requests = receiver.wait(2, timeout=120)
+    assert len(requests) == 2, requests
+    failed = requests[1]["body"]
+    assert failed["subject"].startswith("gru4rec: prepare_data run ") and failed["subject"].endswith(" Failed")
+    assert "missing.csv" in failed["body"] and "/runs/flow-run/" in failed["body"]
