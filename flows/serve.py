@@ -1,6 +1,6 @@
 """Serve the pipeline's deployments from this process (no work pool needed):
 
-    python -m flows.serve            # with PREFECT_API_URL pointing at `prefect server start`
+    python -m flows.serve [--timezone Europe/Berlin]   # PREFECT_API_URL pointing at `prefect server start`
 
 The same deployments as infra/prefect.yaml: a nightly MovieLens-1M retrain, an on-demand
 training run and batch recommendation; trigger them from the UI's Run button or with
@@ -9,18 +9,35 @@ training run and batch recommendation; trigger them from the UI's Run button or 
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+import yaml
 from prefect import serve
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.schedules import CronSchedule
 
 from flows.batch import batch_recommend
 from flows.training import training_pipeline
 
 NIGHTLY_MODEL = "gru4rec-ml1m"  # trained by the nightly deployment, served by batch-recommend
+PREFECT_FILE = Path(__file__).resolve().parents[1] / "infra" / "prefect.yaml"
 
 
-def deployments():
+def nightly_schedule(timezone: str | None = None) -> DeploymentScheduleCreate:
+    """The nightly schedule as infra/prefect.yaml declares it (one place for cron, timezone, slug).
+
+    `active` is left unset, as in the file: restarting `serve` keeps a paused schedule paused."""
+    spec = yaml.safe_load(PREFECT_FILE.read_text(encoding="utf-8"))
+    (declared,) = next(d for d in spec["deployments"] if d["name"] == "nightly-ml1m")["schedules"]
+    cron = CronSchedule(cron=declared["cron"], timezone=timezone or declared.get("timezone") or "UTC")
+    return DeploymentScheduleCreate(schedule=cron, slug=declared["slug"])
+
+
+def deployments(timezone: str | None = None):
     nightly = training_pipeline.to_deployment(
         name="nightly-ml1m",
-        cron="0 2 * * *",
+        schedules=[nightly_schedule(timezone)],
         tags=["gru4rec", "nightly"],
         parameters={"config": {"training": {"preset": "gru4rec-xe"}, "registry": {"name": NIGHTLY_MODEL}}},
     )
@@ -32,4 +49,6 @@ def deployments():
 
 
 if __name__ == "__main__":
-    serve(*deployments())
+    parser = argparse.ArgumentParser(description="Serve the gru4rec deployments from this process.")
+    parser.add_argument("--timezone", help="IANA timezone of the nightly schedule (default: infra/prefect.yaml's)")
+    serve(*deployments(parser.parse_args().timezone))

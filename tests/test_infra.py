@@ -145,3 +145,25 @@ def test_schedule_commands_need_a_server():
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     done = run_cli(env, "gru4rec-pipeline", "schedule", "status")
     assert done.returncode == 2 and "PREFECT_API_URL" in done.stderr
+
+
+def test_restarting_serve_keeps_a_paused_schedule_paused(deploy_server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.serve import deployments
+
+    def served(timezone=None):
+        nightly = deployments(timezone)[0]
+        nightly.name = "served-nightly"  # what `python -m flows.serve` applies at each start
+        nightly.apply()
+        with get_client(sync_client=True) as client:
+            return client.read_deployment_by_name("training_pipeline/served-nightly")
+
+    with temporary_settings(updates={PREFECT_API_URL: deploy_server["PREFECT_API_URL"]}):
+        d = served()
+        assert [(s.slug, s.active, s.schedule.timezone) for s in d.schedules] == [("nightly", True, "UTC")]
+        with get_client(sync_client=True) as client:
+            client.update_deployment_schedule(d.id, d.schedules[0].id, active=False)
+        d = served("Europe/Berlin")
+        assert [(s.slug, s.active, s.schedule.timezone) for s in d.schedules] == [("nightly", False, "Europe/Berlin")]
