@@ -117,6 +117,32 @@ def test_empty_missing_and_unmatched_sources_are_one_clear_line(tmp_path):
         expand_source(str(tmp_path / "nope"), "test_source")
 
 
+def test_a_file_with_glob_characters_in_its_name_is_one_file(tmp_path):
+    f = tmp_path / "dump[1].csv"
+    f.write_text("session,item,ts\n1,2,1764460800\n")
+    (tmp_path / "dump1.csv").write_text("other")
+    assert expand_source(str(f)) == [f]
+    assert resolve_sources(IngestConfig(source=str(f)))["events"] == [f]
+
+
+def test_cli_accepts_directories_and_globs_and_refuses_missing_ones_before_prefect(tmp_path, capsys):
+    import typer
+
+    from flows.cli import _check_sources
+
+    daily_dumps(tmp_path / "ev", 2)
+    _check_sources(_cfg(tmp_path / "ev"))
+    _check_sources(_cfg(tmp_path / "ev" / "date=*" / "part-*.parquet"))
+    for missing, needle in [
+        (tmp_path / "nope", "source " + str(tmp_path / "nope") + " not found"),
+        (tmp_path / "ev" / "date=1999-*" / "*.parquet", "no data files in pattern"),
+    ]:
+        with pytest.raises(typer.Exit):
+            _check_sources(_cfg(missing))
+        err = capsys.readouterr().err
+        assert needle in " ".join(err.split()) and err.startswith("error:"), err
+
+
 def test_mixed_formats_are_refused(tmp_path):
     (day,) = daily_dumps(tmp_path / "ev", 1)
     csv = tmp_path / "ev" / "date=2026-11-30" / "part-0.csv"

@@ -40,7 +40,8 @@ def is_glob(spec: str) -> bool:
 
 def is_multi(spec: str) -> bool:
     """True when the source names a set of files (a directory or a glob), not one file."""
-    return is_glob(spec) or Path(spec).expanduser().is_dir()
+    path = Path(spec).expanduser()
+    return not path.is_file() and (is_glob(spec) or path.is_dir())
 
 
 def _ignored(name: str) -> bool:
@@ -68,10 +69,10 @@ def expand_source(spec: str, setting: str = "source") -> list[Path]:
 
     Raises DataFormatError (one line, naming the source) when nothing is there to read.
     """
+    path = Path(spec).expanduser()
+    if path.is_file():  # a file is itself, even with a '[' or '*' in its name
+        return [path]
     if not is_glob(spec):
-        path = Path(spec).expanduser()
-        if path.is_file():
-            return [path]
         if not path.exists():
             raise DataFormatError(f"{setting} {spec} not found", hint="Check the path given as the source")
         files = _walk(path)
