@@ -5,13 +5,16 @@ the same data and settings again register nothing; `rollback` restores the previ
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from flows.config import PipelineConfig, RegistrySettings, TrainingSettings
+from flows.config import NotificationSettings, PipelineConfig, RegistrySettings, TrainingSettings
 from gru4rec.data.config import IngestConfig
 from tests.synthetic import synthetic_movielens
+from tests.test_notify import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +24,12 @@ BETTER = {"model.layers": "[32]", "train.n_sample": "64", "train.batch_size": "1
 COMMON = {"train.threads": 1, "train.device": "cpu"}
 
 
-def _config(workdir, source, overrides) -> PipelineConfig:
+def _config(workdir, source, overrides, notify_url=None) -> PipelineConfig:
     return PipelineConfig(
         ingest=IngestConfig(source=str(source), format="ml-100k"),
         training=TrainingSettings(preset="gru4rec-xe", overrides=COMMON | overrides),
         registry=RegistrySettings(name=NAME),
+        notifications=NotificationSettings(notify_url=notify_url),
         workdir=str(workdir),
     )
 
@@ -68,7 +72,14 @@ def test_new_data_can_win_and_rollback_restores(prefect_harness, data, tmp_path)
     first = training_pipeline(_config(workdir, a, WEAK))
     assert first["registration"]["alias"] == "champion" and first["registration"]["version"] == "1"
 
-    second = training_pipeline(_config(workdir, b, BETTER))
+    receiver = Receiver()  # a webhook on 127.0.0.1 hears about the new champion
+    try:
+        second = training_pipeline(_config(workdir, b, BETTER, notify_url=receiver.url + "/hook"))
+        heard = receiver.wait(1)
+    finally:
+        receiver.close()
+    assert len(heard) == 1 and heard[0]["path"] == "/hook", heard
+    assert "version 2 is the new champion" in json.dumps(heard[0]["body"])
     reg = second["registration"]
     assert second["split_fingerprint"] != first["split_fingerprint"]
     h2h = reg["head_to_head"]
