@@ -6,6 +6,9 @@ scored by its co-occurrence similarity with the session's current item,
 training sessions holding both items and ``supp`` the sessions holding each. It is a
 `StepScorer`, so `evaluate_model` runs it on exactly the same targets as GRU4Rec; its state is
 empty because it only looks at the current item.
+
+The session-kNN family (SKNN, V-SKNN, STAN, VSTAN) lives in `gru4rec.session_knn`: one
+vectorised `SessionKNN` scorer, each method a `SessionKNNConfig` (defaults in `KNN_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from gru4rec.data.split_dir import SessionArrays
 from gru4rec.evaluate import PopularityModel, StepScorer
+from gru4rec.session_knn import KNN_DEFAULTS, SessionKNN
 
 
 class ItemKNN(StepScorer):
@@ -54,7 +58,7 @@ class ItemKNN(StepScorer):
 
 # Every baseline by name; evaluation builds each from the same inputs. Adding a baseline = a class
 # above plus one entry here (and in BaselineName).
-BaselineName = Literal["popularity", "item-knn"]
+BaselineName = Literal["popularity", "item-knn", "sknn", "v-sknn", "stan", "vstan"]
 BASELINES: tuple[str, ...] = get_args(BaselineName)
 
 
@@ -64,4 +68,6 @@ def build_baseline(name: str, *, train_sessions: SessionArrays, n_items: int, it
         return PopularityModel(item_counts)
     if name == "item-knn":
         return ItemKNN(train_sessions, n_items)
+    if name in KNN_DEFAULTS:
+        return SessionKNN(train_sessions, n_items, KNN_DEFAULTS[name])
     raise ValueError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
