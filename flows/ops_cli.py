@@ -379,8 +379,59 @@ def notify_setup(
         )
 
 
+# ---------------------------------------------------------------------------------------------- mlflow ui
+
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def mlflow_ui_command(store: Path, host: str, port: int) -> list[str]:
+    mlflow = Path(sys.executable).with_name("mlflow")
+    return [
+        str(mlflow) if mlflow.exists() else "mlflow", "ui",
+        "--backend-store-uri", f"sqlite:///{store.resolve()}",
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def mlflow_ui(
+    workdir: Annotated[Path, typer.Option(help="Workdir of the embedded MLflow store (runs/mlflow/mlflow.db).")] = Path(
+        "runs"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 5000,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the model registry in a browser once up.")] = False,
+) -> None:
+    """The MLflow UI on the embedded store, telemetry off, at the model registry (#/models)."""
+    store = workdir / "mlflow" / "mlflow.db"
+    if not store.is_file():
+        _fail(f"no MLflow store at {store}: run `gru4rec-pipeline run` first, or pass --workdir")
+    url = f"http://{host}:{port}/#/models"
+    console.print(f"MLflow model registry: {url}  (telemetry off; Ctrl-C stops it)", highlight=False)
+    if open_browser:
+        import threading
+        import urllib.request
+        import webbrowser
+
+        def _open_when_up() -> None:
+            for _ in range(600):
+                try:
+                    with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2):  # noqa: S310
+                        webbrowser.open(url)
+                        return
+                except OSError:
+                    threading.Event().wait(0.5)
+
+        threading.Thread(target=_open_when_up, daemon=True).start()
+    try:
+        done = subprocess.run(mlflow_ui_command(store, host, port), env={**os.environ, **TELEMETRY_OFF})  # noqa: S603
+    except KeyboardInterrupt:
+        return
+    raise typer.Exit(code=done.returncode)
+
+
 def register(app: typer.Typer) -> None:
     """Add the operations commands to the `gru4rec-pipeline` app."""
     app.command("deploy")(deploy)
+    app.command("mlflow-ui")(mlflow_ui)
     app.add_typer(schedule_app, name="schedule")
     app.add_typer(notify_app, name="notify")

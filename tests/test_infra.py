@@ -167,3 +167,61 @@ def test_restarting_serve_keeps_a_paused_schedule_paused(deploy_server):
             client.update_deployment_schedule(d.id, d.schedules[0].id, active=False)
         d = served("Europe/Berlin")
         assert [(s.slug, s.active, s.schedule.timezone) for s in d.schedules] == [("nightly", False, "Europe/Berlin")]
+
+
+def test_mlflow_ui_opens_on_the_registry_with_telemetry_off(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import mlflow
+
+    from tests.prefect_server import _free_port
+
+    store = tmp_path / "mlflow" / "mlflow.db"
+    store.parent.mkdir()
+    mlflow.MlflowClient(f"sqlite:///{store}").create_registered_model("gru4rec-ml1m")
+    port = _free_port()
+    cli = str(Path(sys.executable).with_name("gru4rec-pipeline"))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    ui = subprocess.Popen(  # noqa: S603
+        [cli, "mlflow-ui", "--workdir", str(tmp_path), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2):  # noqa: S310
+                    break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(1)
+        request = urllib.request.Request(
+            base + "/ajax-api/2.0/mlflow/registered-models/search", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:  # noqa: S310
+            assert [m["name"] for m in json.load(r)["registered_models"]] == ["gru4rec-ml1m"]
+        with urllib.request.urlopen(base + "/ajax-api/3.0/mlflow/ui-telemetry", timeout=10) as r:  # noqa: S310
+            assert json.load(r)["disable_ui_telemetry"] is True
+        # the server process itself runs with telemetry switched off
+        children = [
+            p for p in Path("/proc").glob("[0-9]*")
+            if (p / "stat").exists() and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(ui.pid)
+        ]  # fmt: skip
+        assert children
+        environ = (children[0] / "environ").read_bytes().split(b"\0")
+        assert b"MLFLOW_DISABLE_TELEMETRY=true" in environ and b"DO_NOT_TRACK=true" in environ
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        out = ui.communicate(timeout=60)[0]
+    assert f"MLflow model registry: http://127.0.0.1:{port}/#/models" in out
