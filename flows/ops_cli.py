@@ -51,7 +51,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _api_url() -> str:
+def _api_url(what: str = "schedules and deployments live") -> str:
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         from prefect.settings import PREFECT_API_URL
@@ -59,10 +59,26 @@ def _api_url() -> str:
         url = PREFECT_API_URL.value()
     if not url:
         _fail(
-            "schedules and deployments live on a Prefect server: start one (`prefect server start`) and set "
+            f"{what} on a Prefect server: start one (`prefect server start`) and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
     return url
+
+
+def _server_or_temporary() -> None:
+    """A real server (PREFECT_API_URL), or the CLI's temporary one started as `run` starts it."""
+    from flows.cli import EPHEMERAL_STARTUP_TIMEOUT, _prefect_env, _start_temporary_server
+
+    _prefect_env()
+    if os.environ.get("PREFECT_API_URL") or not sys.platform.startswith("linux"):
+        return
+    try:
+        _start_temporary_server()
+    except RuntimeError as e:
+        _fail(
+            f"the temporary Prefect server did not start ({str(e)[:200]}): raise {EPHEMERAL_STARTUP_TIMEOUT}, or "
+            "start `prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
 
 
 def _client():
@@ -333,6 +349,7 @@ def notify_test(
         _fail(f"invalid settings: {validation_errors_text(e)}")
     if not (notify_url or notify_block):
         _fail("give --notify-url or --notify-block")
+    _server_or_temporary()
     ok = notify_new_champion(
         "gru4rec-test", 0, {"mrr@20": 0.0}, None, "test message from `gru4rec-pipeline notify test`", settings=settings
     )
@@ -363,8 +380,9 @@ def notify_setup(
         NotificationSettings(notify_url=url)
     except ValidationError as e:
         _fail(str(e.errors()[0]["msg"]).removeprefix("Value error, "))
-    if automations:
-        _api_url()  # automations need a real server (the CLI's temporary one runs no triggers)
+    if automations:  # the CLI's temporary server runs no triggers service
+        _api_url("automations run")
+    _server_or_temporary()
     block_id = save_webhook_block(url, block_name)
     console.print(f"saved block custom-webhook/{block_name}", highlight=False)
     if automations:
