@@ -162,7 +162,13 @@ def schedule_status(deployment: DeploymentOption = NIGHTLY) -> None:
     for run in upcoming:
         console.print(f"next run: {run.name} at {run.expected_start_time:%Y-%m-%d %H:%M %Z}", highlight=False)
     if not upcoming:
-        console.print("no run scheduled", highlight=False)
+        active = not d.paused and any(s.active for s in d.schedules)
+        console.print(
+            "no run scheduled yet (the server's scheduler adds the next runs within a minute or so)"
+            if active
+            else "no run scheduled",
+            highlight=False,
+        )
 
 
 @schedule_app.command("pause")
