@@ -128,9 +128,34 @@ def list_sources_task(cfg: IngestConfig) -> dict:
     return list_sources(cfg).to_json()
 
 
-@task(name="combine-files", **RETRY_OPTIONS)
-def combine_task(cfg: IngestConfig, listing: dict, parts: dict[str, list[dict]], out_dir: str) -> str:
-    """Concatenate each role's file parts (cutting the rolling window), write the events tables + manifest."""
+def _combine_content(inputs: dict) -> dict:
+    parts = {
+        role: [_read_json(p["manifest"])["tables"]["part"]["sha256"] for p in role_parts]
+        for role, role_parts in inputs["parts"].items()
+    }
+    return {"source": inputs["listing"]["content_key"], "parts": parts}
+
+
+@task(
+    name="combine-files",
+    **RETRY_OPTIONS,
+    persist_result=True,
+    cache_policy=ContentKey(describe=_combine_content, modules=DATA_CODE),
+)
+def combine_task(
+    cfg: IngestConfig,
+    listing: dict,
+    parts: dict[str, list[dict]],
+    out_dir: str,
+    use_cache: bool = False,
+    cache_scope: str = "",
+) -> str:
+    """Concatenate each role's file parts (cutting the rolling window), write the events tables + manifest.
+
+    Cached on the listing's content key (every file's sha256, the reading settings, the window) and
+    the parts' hashes: a rerun with no new file reuses the table. Each file's ``cache`` entry in the
+    lineage says whether the run that wrote the table read the file or took its part from the cache.
+    """
     import polars as pl
 
     from gru4rec.data.ingest import MANIFEST_NAME, SourceListing, combine_role, read_single_role, write_ingest
@@ -208,7 +233,7 @@ def ingest_sources(
         for role, source in sources.roles.items()
         if source.multi
     }
-    manifest = combine_task(cfg, listing, parts, out_dir)
+    manifest = cached_or_recomputed(combine_task, listed_files_intact, cfg, listing, parts, out_dir, **cache)
     n = [p["cache"] for role_parts in parts.values() for p in role_parts]
     get_run_logger().info(
         "ingest: %d file(s), %d read, %d from the cache%s",

@@ -303,3 +303,7 @@ def test_nightly_prepare_reads_only_the_new_day(prefect_harness, tmp_path):
     first_part.write_bytes(first_part.read_bytes()[:-10])
     _, cache, _ = run()
     assert cache == ["read"] + ["cached"] * 6
+
+    # Nothing new: no file is read.
+    states, _, _ = run()
+    assert len(states) == 7 and set(states.values()) == {"Cached"}, states
