@@ -23,14 +23,16 @@ N_ITEMS = 14
 DAY_MS = 86_400_000
 
 
-def _sessions(rng: np.random.Generator, n: int, start_ms: int, max_len: int = 8) -> SessionArrays:
+def _sessions(
+    rng: np.random.Generator, n: int, start_ms: int, max_len: int = 8, n_items: int = N_ITEMS
+) -> SessionArrays:
     """Random sessions (repeated items included) with distinct, increasing end times."""
     items, offsets, times = [], [0], []
     t = start_ms
     for _ in range(n):
         length = int(rng.integers(1, max_len + 1))
         popular = rng.random() < 0.5
-        seq = rng.integers(0, 5 if popular else N_ITEMS, size=length)
+        seq = rng.integers(0, 5 if popular else n_items, size=length)
         t += int(rng.integers(1, 3 * DAY_MS))
         items.extend(seq.tolist())
         times.extend(t - 60_000 * np.arange(length)[::-1])
@@ -42,10 +44,12 @@ def _as_lists(s: SessionArrays) -> list[tuple[list[int], int]]:
     return [(s.items[a:b].tolist(), int(s.timestamps[b - 1])) for a, b in zip(s.offsets[:-1], s.offsets[1:]) if b > a]
 
 
-def reference_scores(train, current: list[int], c: SessionKNNConfig, now_ms: float) -> np.ndarray | None:
+def reference_scores(
+    train, current: list[int], c: SessionKNNConfig, now_ms: float, n_items: int = N_ITEMS
+) -> np.ndarray | None:
     """Scores of every item after ``current``; None when the k-th neighbour is tied (ambiguous)."""
     n_sessions = len(train)
-    events = np.bincount([i for items, _ in train for i in items], minlength=N_ITEMS)
+    events = np.bincount([i for items, _ in train for i in items], minlength=n_items)
     length = len(current)
     p = {item: pos for pos, item in enumerate(current, start=1)}  # last position of each item
     if c.lambda_spw is not None:
@@ -74,7 +78,7 @@ def reference_scores(train, current: list[int], c: SessionKNNConfig, now_ms: flo
     neighbours.sort(key=lambda x: -x[0])
     if len(neighbours) > c.k and math.isclose(neighbours[c.k - 1][0], neighbours[c.k][0], rel_tol=1e-9):
         return None
-    scores = np.zeros(N_ITEMS)
+    scores = np.zeros(n_items)
     for sim, items in neighbours[: c.k]:
         last_in_n = {item: pos for pos, item in enumerate(items, start=1)}
         shared = set(items) & set(p)
@@ -173,6 +177,48 @@ def test_scores_match_the_reference_step_by_step(data, name):
             if keep:
                 state = scorer.select_rows(state, torch.tensor(keep))
     assert checked >= 40 and ambiguous <= checked // 2, (checked, ambiguous)
+
+
+def _all_scores(scorer: SessionKNN, test: SessionArrays) -> np.ndarray:
+    """Every prefix of every test session scored one slot at a time."""
+    rows = []
+    for a, b in zip(test.offsets[:-1], test.offsets[1:]):
+        state = scorer.init_state(1, torch.device("cpu"))
+        for item in test.items[a:b].tolist():
+            scores, state = scorer.step(torch.tensor([item]), state)
+            rows.append(scores[0].numpy())
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("name", ["sknn", "v-sknn", "vstan-vec"])
+def test_sparse_gather_and_dense_product_give_the_same_scores(data, name, monkeypatch):
+    import gru4rec.session_knn as knn
+
+    train, test = data
+    monkeypatch.setattr(knn, "_DENSE_SPEEDUP", 1e-12)  # the dense product never pays off
+    sparse = _all_scores(SessionKNN(train, N_ITEMS, CONFIGS[name]), test)
+    monkeypatch.setattr(knn, "_DENSE_SPEEDUP", 1e12)  # always
+    dense = _all_scores(SessionKNN(train, N_ITEMS, CONFIGS[name]), test)
+    np.testing.assert_allclose(sparse, dense, rtol=1e-12, atol=1e-15)
+
+
+def test_long_sessions_read_a_window_around_the_anchor_and_match_the_reference():
+    """Neighbours far longer than STAN's item-position window (λ_inh small): only a window is read."""
+    n_items = 80
+    rng = np.random.default_rng(3)
+    train = _sessions(rng, 25, start_ms=1_000 * DAY_MS, max_len=70, n_items=n_items)
+    test = _sessions(rng, 3, start_ms=int(train.timestamps.max()) + DAY_MS, max_len=30, n_items=n_items)
+    cfg = SessionKNNConfig(k=25, sample_size=0, lambda_spw=3, lambda_snh=5, lambda_inh=0.1, lambda_ipw=2)
+    scorer = SessionKNN(train, n_items, cfg)
+    got = _all_scores(scorer, test)
+    ref_train, now = _as_lists(train), float(test.timestamps.max())
+    expected = [
+        reference_scores(ref_train, items[: i + 1], cfg, now, n_items)
+        for items, _ in _as_lists(test)
+        for i in range(len(items))
+    ]
+    assert all(e is not None for e in expected)
+    np.testing.assert_allclose(_normalised(got), _normalised(np.array(expected)), rtol=1e-9, atol=1e-12)
 
 
 def test_a_reset_slot_forgets_its_previous_session(data):
