@@ -39,6 +39,12 @@ decayed by ``exp(−1/λ_spw)`` per event), and ``exp(−(t − t_n)/λ_snh)`` i
 ``exp((t_n − t_last)/λ_snh)`` (``t_last`` = the training data's last event): a common factor scales
 all scores of a slot alike and leaves every rank unchanged. For the same reason V-SKNN's session
 weightings are limited to those that factor this way (``same``, ``div``, ``quadratic``).
+
+Long sessions. As in the papers and session-rec (whose V-SKNN ``last_n_clicks`` is off by default),
+the whole session counts, not its last N items. Item scores are gathered from the neighbours'
+items, or computed as one dense (slots × sessions) @ (sessions × items) product when the neighbours
+are long; STAN's ``e`` reads only the items within ``λ_inh · ln(1e16)`` positions of the anchor and
+skips neighbours weaker than 1e-16 of the slot's strongest (terms below float64 precision).
 """
 
 from __future__ import annotations
