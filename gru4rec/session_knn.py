@@ -88,6 +88,8 @@ class SessionKNNConfig:
             raise ValueError(f"k must be positive and sample_size >= 0, got k={self.k}, sample_size={self.sample_size}")
         if self.weighting is not None and self.lambda_spw is not None:
             raise ValueError("choose either V-SKNN's weighting or STAN's lambda_spw, not both")
+        if self.weighting_score is not None and self.lambda_ipw is not None:
+            raise ValueError("choose either V-SKNN's weighting_score or VSTAN's lambda_ipw, not both")
         if self.similarity == "jaccard" and (self.weighting not in (None, "same") or self.lambda_spw is not None):
             raise ValueError("jaccard similarity takes unweighted sessions (no weighting / lambda_spw)")
         for f in fields(self):
@@ -96,7 +98,8 @@ class SessionKNNConfig:
 
 
 # Defaults of each method: the session-rec framework's published settings for the YooChoose
-# (RSC15) data; see benchmarks/session_knn.py for what they reproduce.
+# (RSC15) data (conf/save/rsc15/window: the baselines file for SKNN and V-SKNN, the "-mrr" runs for
+# STAN and VSTAN); benchmarks/session_knn.py shows they reproduce its figures.
 KNN_DEFAULTS: dict[str, SessionKNNConfig] = {
     "sknn": SessionKNNConfig(k=500, sample_size=10000, similarity="jaccard"),
     "v-sknn": SessionKNNConfig(

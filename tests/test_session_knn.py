@@ -300,6 +300,8 @@ def test_invalid_settings_are_refused():
         SessionKNNConfig(k=0)
     with pytest.raises(ValueError, match="not both"):
         SessionKNNConfig(weighting="div", lambda_spw=1.0)
+    with pytest.raises(ValueError, match="lambda_ipw"):
+        SessionKNNConfig(weighting_score="div", lambda_ipw=1.0)
     with pytest.raises(ValueError, match="jaccard"):
         SessionKNNConfig(similarity="jaccard", weighting="quadratic")
     with pytest.raises(ValueError, match="lambda_inh"):
