@@ -24,6 +24,13 @@ class TrainConfig(BaseModel):
     logq: float = Field(
         default=0.0, ge=0, description="Cross-entropy logQ correction strength (0 = off); see gru4rec.losses."
     )
+    logq_base: Literal["probability", "count"] = Field(
+        default="probability",
+        description="What the logQ correction takes the log of: 'probability' = each column's candidate "
+        "probability (frequency for the in-batch targets, count^alpha / Σ count^alpha for the samples); 'count' = "
+        "the raw count and count^alpha (GRU4Rec's reference code: in-batch columns relatively lower by "
+        "logq · log(Σ count / Σ count^alpha)).",
+    )
     bpreg: float = Field(default=0.0, ge=0, description="BPR-max score regularisation weight.")
     elu: float = Field(
         default=0.0, ge=0, description="Final activation for the ranking losses: ELU with this alpha (0 = linear)."
@@ -36,6 +43,13 @@ class TrainConfig(BaseModel):
         default=0.5, ge=0, le=1, description="Negatives drawn ∝ popularity^alpha (0 = uniform over train items)."
     )
     batch_size: int = Field(default=32, ge=1, description="Session-parallel mini-batch size.")
+    loss_scale: Literal["batch_size", "mean"] = Field(
+        default="batch_size",
+        description="What a mini-batch's summed loss is divided by: 'batch_size' = the configured batch_size, "
+        "also when the batch has shrunk at the end of an epoch (GRU4Rec's reference: the few long sessions "
+        "left at the end of an epoch weigh no more than their share of a full batch); 'mean' = its own rows "
+        "(those last updates then get full-batch weight: far worse on long sessions, see the README).",
+    )
     optimizer: Literal["adagrad", "adam"] = Field(default="adagrad")
     lr: float = Field(default=0.2, gt=0, description="Learning rate.")
     momentum: float = Field(default=0.0, ge=0, lt=1, description="Adagrad momentum (ignored by Adam).")

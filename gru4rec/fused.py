@@ -15,6 +15,11 @@ GRU (gates [candidate | reset | update], h = previous hidden, constant)::
 
     vx = x W_x + b;  r = σ(vx_r + h W_r);  z = σ(vx_z + h W_z)
     c = tanh(vx_c + (r ⊙ h) W_h);  h' = h + z ⊙ (c - h);  o = dropout(h')
+    carried state: h' (or o with ``ModelConfig.dropout_carry``; no gradient flows through it)
+
+With ``cell='torch'`` (torch.nn.GRUCell's formulation): r, z get + b_h[r|z] and
+``c = tanh(vx_c + r ⊙ hw)``, hw = h W_h + b_h[c]; in the backward below then
+``dr = dc ⊙ hw ⊙ r(1 - r)``, ``dW_h = hᵀ (dc ⊙ r)``, ``db_h = Σ_rows [dc ⊙ r | dr | dz]``.
 
 Backward from dS (scores gradient), S = o W_colsᵀ + b_cols::
 
@@ -57,7 +62,10 @@ class FusedStep:
         log_q_sample: torch.Tensor | None = None,
         grad_buffers: dict[int, torch.Tensor] | None = None,
         row_table: RowTable | None = None,
+        loss_batch_size: int | None = None,
     ):
+        """``loss_batch_size``: divide the summed loss of a batch by this many rows instead of its own
+        row count (`TrainConfig.loss_scale` = 'batch_size'); the returned loss stays the mean."""
         if not supports(model):
             raise ValueError("the fused step handles one GRU layer only")
         if not full and row_table is None:
@@ -65,6 +73,8 @@ class FusedStep:
         self.table = row_table
         self.m = model
         self.loss, self.full = loss, full
+        self.loss_batch_size = loss_batch_size
+        self.carry_dropout = model.cfg.dropout_carry
         self.logq, self.bpreg, self.elu = logq, bpreg, elu
         # Candidate weights of the sampled cross-entropy, per item: exp(-logq·logQ) and its log.
         self._w_batch = self._w_sample = self._lw_batch = None
@@ -86,10 +96,22 @@ class FusedStep:
         self.item_out, self.item_bias, self.item_in = model.item_out, model.item_bias, model.item_in
         self.has_bias = model.item_bias is not None
         slot = {id(p): i for i, p in enumerate(param_order)}.get
-        self.i_w_x, self.i_w_rz, self.i_w_h, self.i_b = slot(id(L.w_x)), slot(id(L.w_rz)), slot(id(L.w_h)), slot(id(L.b))
-        self.i_out, self.i_bias, self.i_in = slot(id(model.item_out)), slot(id(model.item_bias)), slot(id(model.item_in))
+        self.i_w_x, self.i_w_rz, self.i_w_h, self.i_b = (
+            slot(id(L.w_x)),
+            slot(id(L.w_rz)),
+            slot(id(L.w_h)),
+            slot(id(L.b)),
+        )
+        self.torch_cell, self.b_h = L.cell == "torch", L.b_h
+        self.i_b_h = slot(id(L.b_h))
+        self.i_out, self.i_bias, self.i_in = (
+            slot(id(model.item_out)),
+            slot(id(model.item_bias)),
+            slot(id(model.item_in)),
+        )
         gbuf = grad_buffers or {}
         self.g_w_x, self.g_w_rz, self.g_w_h, self.g_b = (gbuf.get(id(p)) for p in (L.w_x, L.w_rz, L.w_h, L.b))
+        self.g_b_h = gbuf.get(id(L.b_h))
         # Transposed views, made once: they share storage with the weights, which the optimiser
         # updates in place (build this object after `pack`/`pack_rows`, which move the storage).
         self.w_x_t, self.w_h_t = L.w_x.detach().t(), L.w_h.detach().t()
@@ -204,10 +226,17 @@ class FusedStep:
             if me is not None:
                 x.mul_(me)
             vx = torch.addmm(self.b, x, w_x)
-        rz = torch.addmm(vx[:, H:], h, self.w_rz).sigmoid_()
+        rz = torch.addmm(vx[:, H:], h, self.w_rz)
+        if self.torch_cell:
+            rz.add_(self.b_h[H:])
+        rz.sigmoid_()
         r, z = rz[:, :H], rz[:, H:]
-        rh = r * h
-        c = torch.addmm(vx[:, :H], rh, w_h).tanh_()
+        if self.torch_cell:
+            hw = torch.addmm(self.b_h[:H], h, w_h)  # h W_h + b_hc
+            c = torch.addcmul(vx[:, :H], r, hw).tanh_()
+        else:
+            rh = r * h
+            c = torch.addmm(vx[:, :H], rh, w_h).tanh_()
         c_minus_h = c - h
         hn = torch.addcmul(h, z, c_minus_h)
         mh = self._mask(hn, self.p_hid)
@@ -238,6 +267,8 @@ class FusedStep:
                 s_m = s.index_select(1, inv_c)
                 loss, ds_m = self._scores_grad(s_m, None, exclude, None)
                 ds = torch.zeros_like(s).index_add_(1, inv_c, ds_m)
+        if self.loss_batch_size is not None and B != self.loss_batch_size:
+            ds.mul_(B / self.loss_batch_size)  # sum over the rows / configured batch size
         # ---- backward
         if self.full:
             dW = ds.t() @ o
@@ -254,10 +285,17 @@ class FusedStep:
         dc, dr, dz = dvx[:, :H], dvx[:, H : 2 * H], dvx[:, 2 * H :]
         torch.ops.aten.tanh_backward.grad_input(dh * z, c, grad_input=dc)
         torch.ops.aten.sigmoid_backward.grad_input(dh.mul_(c_minus_h), z, grad_input=dz)
-        drh = dc @ self.w_h_t
-        torch.ops.aten.sigmoid_backward.grad_input(drh.mul_(h), r, grad_input=dr)
         grads: list = [None] * self.n_params
-        grads[self.i_w_h] = _mm(rh.t(), dc, self.g_w_h)
+        if self.torch_cell:
+            torch.ops.aten.sigmoid_backward.grad_input(dc * hw, r, grad_input=dr)
+            dhw = dc * r
+            grads[self.i_w_h] = _mm(h.t(), dhw, self.g_w_h)
+            db_h = torch.cat([dhw.sum(0), dvx[:, H:].sum(0)])
+            grads[self.i_b_h] = db_h if self.g_b_h is None else self.g_b_h.copy_(db_h)
+        else:
+            drh = dc @ self.w_h_t
+            torch.ops.aten.sigmoid_backward.grad_input(drh.mul_(h), r, grad_input=dr)
+            grads[self.i_w_h] = _mm(rh.t(), dc, self.g_w_h)
         grads[self.i_w_rz] = _mm(h.t(), dvx[:, H:], self.g_w_rz)
         grads[self.i_b] = dvx.sum(0) if self.g_b is None else torch.sum(dvx, 0, out=self.g_b)
         in_rows = in_vals = None
@@ -283,6 +321,8 @@ class FusedStep:
                 dW.index_add_(0, inv_in, in_vals)
             # The gathered rows go along: the optimiser updates them and writes them back.
             grads[self.i_out] = TableRows(uniq, dwb, rows)
+        if mh is not None and self.carry_dropout:  # the dropped-out output is the carried state
+            hn = hn * mh
         return loss, grads, hn
 
 

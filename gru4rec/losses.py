@@ -142,11 +142,16 @@ def cross_entropy_and_grad(
     return loss, grad
 
 
-def item_log_q(counts: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def item_log_q(counts: torch.Tensor, alpha: float, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """log Q per item for the in-batch columns (empirical frequency) and the sampled ones (∝ count^alpha).
-    Items with count 0 get log Q = 0 (they are never candidates through sampling)."""
+    Items with count 0 get log Q = 0 (they are never candidates through sampling). ``normalize=False``:
+    log count and alpha · log count, unnormalised (GRU4Rec's reference code) — the in-batch columns then
+    sit log(Σ count / Σ count^alpha) lower relative to the sampled ones than with probabilities."""
     c = torch.as_tensor(counts, dtype=torch.float64)
     pos = c > 0
+    if not normalize:
+        logc = torch.where(pos, c.clamp(min=1e-300).log(), torch.zeros_like(c))
+        return logc, logc * alpha
     freq = torch.where(pos, c / c.sum(), torch.ones_like(c))
     w = torch.where(pos, c.clamp(min=1e-300) ** alpha, torch.zeros_like(c))
     samp = torch.where(pos, w / w.sum(), torch.ones_like(c))

@@ -34,7 +34,18 @@ class ModelConfig(BaseModel):
     layers: list[int] = Field(default=[100], description="GRU layer sizes (one entry per layer).")
     dropout_embedding: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the item input.")
     dropout_hidden: float = Field(default=0.0, ge=0, lt=1, description="Dropout on each layer's output.")
+    dropout_carry: bool = Field(
+        default=False,
+        description="Training only: the dropped-out output of a layer is also the hidden state carried to the "
+        "next step (GRU4Rec's reference code); False = the clean state is carried, dropout only on what is passed on.",
+    )
     output_bias: bool = Field(default=True, description="Per-item bias added to the scores.")
+    cell: Literal["paper", "torch"] = Field(
+        default="paper",
+        description="GRU formulation: 'paper' = reset gate on the hidden state before its matmul, one bias per "
+        "gate; 'torch' = torch.nn.GRUCell's (reset gate on the hidden state's projection, separate input and "
+        "hidden biases), which GRU4Rec's reference code uses with constrained or separate embeddings.",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -52,21 +63,28 @@ def init_uniform_(t: torch.Tensor, fan_in: int, fan_out: int) -> torch.Tensor:
 
 
 class GRULayer(nn.Module):
-    """One GRU layer in the papers' formulation (reset gate applied before the candidate matmul).
+    """One GRU layer; gates [candidate | reset | update], vx = x W_x + b::
 
-    ``input_lookup`` makes the input weights a row-lookup table (the one-hot input): then
-    ``forward`` takes item indices instead of vectors and ``dim_in`` is the number of items.
+        paper:  r, z = σ(vx_r + h W_r), σ(vx_z + h W_z);       c = tanh(vx_c + (r ⊙ h) W_h)
+        torch:  r, z = σ(vx_r + h W_r + b_hr), σ(... + b_hz);  c = tanh(vx_c + r ⊙ (h W_h + b_hc))
+        h' = (1 - z) ⊙ h + z ⊙ c
+
+    ('torch' is torch.nn.GRUCell's formulation with hidden biases b_h; GRUCell's update gate is 1 - z.) ``input_lookup`` makes the
+    input weights a row-lookup table (the one-hot input): then ``forward`` takes item indices instead
+    of vectors and ``dim_in`` is the number of items.
     """
 
-    def __init__(self, dim_in: int, dim_out: int, input_lookup: bool = False):
+    def __init__(self, dim_in: int, dim_out: int, input_lookup: bool = False, cell: str = "paper"):
         super().__init__()
         self.input_lookup = input_lookup
+        self.cell = cell
         self.sparse_grad = True
         # Input weights for the three gates [candidate | reset | update], stored (dim_in × 3H).
         self.w_x = nn.Parameter(torch.empty(dim_in, 3 * dim_out))
         self.w_rz = nn.Parameter(torch.empty(dim_out, 2 * dim_out))
         self.w_h = nn.Parameter(torch.empty(dim_out, dim_out))
         self.b = nn.Parameter(torch.zeros(3 * dim_out))
+        self.b_h = nn.Parameter(torch.zeros(3 * dim_out)) if cell == "torch" else None
         # Fans per gate, as GRU4Rec does (each gate block initialised as its own matrix).
         init_uniform_(self.w_x, dim_in, dim_out)
         init_uniform_(self.w_rz, dim_out, dim_out)
@@ -78,10 +96,17 @@ class GRULayer(nn.Module):
         else:
             vx = torch.addmm(self.b, x, self.w_x)
         vx_h, vx_r, vx_z = vx.chunk(3, dim=1)
-        vh_r, vh_z = (h @ self.w_rz).chunk(2, dim=1)
+        H = h.shape[1]
+        if self.cell == "torch":
+            vh_r, vh_z = torch.addmm(self.b_h[H:], h, self.w_rz).chunk(2, dim=1)
+        else:
+            vh_r, vh_z = (h @ self.w_rz).chunk(2, dim=1)
         r = torch.sigmoid(vx_r + vh_r)
         z = torch.sigmoid(vx_z + vh_z)
-        candidate = torch.tanh(vx_h + (r * h) @ self.w_h)
+        if self.cell == "torch":
+            candidate = torch.tanh(vx_h + r * torch.addmm(self.b_h[:H], h, self.w_h))
+        else:
+            candidate = torch.tanh(vx_h + (r * h) @ self.w_h)
         return torch.lerp(h, candidate, z)  # (1 - z) * h + z * candidate
 
 
@@ -101,15 +126,16 @@ class GRU4Rec(nn.Module):
 
         if cfg.embedding == "onehot":
             self.item_in = None
-            first = GRULayer(n_items, sizes[0], input_lookup=True)
+            first = GRULayer(n_items, sizes[0], input_lookup=True, cell=cfg.cell)
         elif cfg.embedding == "separate":
             dim = cfg.embedding_dim or sizes[0]
             self.item_in = nn.Parameter(init_uniform_(torch.empty(n_items, dim), n_items, dim))
-            first = GRULayer(dim, sizes[0])
+            first = GRULayer(dim, sizes[0], cell=cfg.cell)
         else:  # constrained
             self.item_in = None
-            first = GRULayer(h_last, sizes[0])
-        self.layers = nn.ModuleList([first] + [GRULayer(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+            first = GRULayer(h_last, sizes[0], cell=cfg.cell)
+        rest = [GRULayer(a, b, cell=cfg.cell) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.layers = nn.ModuleList([first] + rest)
         self.drop_embedding = nn.Dropout(cfg.dropout_embedding)
         self.drop_hidden = nn.Dropout(cfg.dropout_hidden)
         # Sparse row gradients for item lookups. Must be False when the full catalogue is scored
@@ -134,8 +160,8 @@ class GRU4Rec(nn.Module):
         new_hidden = []
         for layer, h in zip(self.layers, hidden):
             h = layer(x, h)
-            new_hidden.append(h)
-            x = self.drop_hidden(h)
+            x = self.drop_hidden(h)  # the identity in eval mode
+            new_hidden.append(x if self.cfg.dropout_carry else h)
         # Dropout on the one-hot input is dropout on its looked-up input weights; GRU4Rec applies
         # embedding dropout only for real embeddings, which is what we do.
         return x, new_hidden

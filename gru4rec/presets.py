@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "lr": 0.001,
             "momentum": 0.0,
             "batch_size": 64,
+            "loss_scale": "mean",  # the tutorial's Keras model averages over each batch's rows
             "epochs": 20,
         },
     },

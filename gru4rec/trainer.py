@@ -159,8 +159,12 @@ class _AutogradEngine:
             bpreg=t.bpreg,
             elu=t.elu,
         )
+        b = targets.shape[0]
+        scaled = loss
+        if t.loss_scale == "batch_size" and b != t.batch_size:
+            scaled = loss * (b / t.batch_size)  # sum over the rows / configured batch size
         self.opt.zero_grad()
-        loss.backward()
+        scaled.backward()
         self.opt.step()
         return loss.detach(), [h.detach() for h in new_hidden]
 
@@ -195,6 +199,7 @@ class _FusedEngine:
             log_q_sample=log_q_sample,
             grad_buffers={id(p): g for p, g in zip(dense, gbufs)},
             row_table=row_table,
+            loss_batch_size=tcfg.batch_size if tcfg.loss_scale == "batch_size" else None,
         )
 
     def __call__(self, inputs, targets, hidden, negatives):
@@ -214,7 +219,7 @@ def _make_engine(choice, model, opt, params, tcfg, full_out, counts, device) -> 
     """The engine ``choice`` ("auto" | "fused" | "autograd") asks for, with its logQ tables."""
     log_q_batch = log_q_sample = None
     if tcfg.loss == "cross-entropy" and tcfg.logq > 0 and not full_out:
-        lb, ls = item_log_q(counts, tcfg.sample_alpha)
+        lb, ls = item_log_q(counts, tcfg.sample_alpha, normalize=tcfg.logq_base == "probability")
         log_q_batch, log_q_sample = lb.to(device, torch.float32), ls.to(device, torch.float32)
     if choice not in ("auto", "fused", "autograd"):
         raise ConfigError(f"unknown engine {choice!r}; choose auto, fused or autograd")

@@ -142,3 +142,15 @@ def test_item_log_q():
     assert np.allclose(lb.exp().numpy()[1:], [0.25, 0.75])
     w = np.array([1.0, 3.0**0.5])
     assert np.allclose(ls.exp().numpy()[1:], w / w.sum())
+
+
+def test_item_log_q_unnormalised_is_the_log_count():
+    # GRU4Rec's reference form: log count for the in-batch columns, alpha · log count for the samples.
+    lb, ls = item_log_q(torch.tensor([0.0, 1.0, 3.0]), 0.5, normalize=False)
+    assert np.allclose(lb.numpy(), [0.0, 0.0, np.log(3.0)])
+    assert np.allclose(ls.numpy(), [0.0, 0.0, 0.5 * np.log(3.0)])
+    nb, ns = item_log_q(torch.tensor([0.0, 1.0, 3.0]), 0.5)
+    # the two forms differ by one constant per block, a different one for each block
+    shift_b, shift_s = (lb - nb)[1:], (ls - ns)[1:]
+    assert np.allclose(shift_b, shift_b[0]) and np.allclose(shift_s, shift_s[0])
+    assert not np.isclose(shift_b[0], shift_s[0])

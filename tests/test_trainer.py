@@ -116,7 +116,9 @@ class FixedMask(torch.nn.Module):
         return x * self.mask
 
 
-@pytest.mark.parametrize("variant", ["plain", "dropout", "no-bias", "dropout+no-bias"])
+@pytest.mark.parametrize(
+    "variant", ["plain", "dropout", "no-bias", "dropout+no-bias", "torch-cell", "torch-cell+dropout+no-bias"]
+)
 @pytest.mark.parametrize("embedding", ["constrained", "onehot", "separate"])
 @pytest.mark.parametrize(
     "loss,n_sample",
@@ -135,8 +137,11 @@ def test_fused_gradients_equal_autograd(embedding, loss, n_sample, variant):
         dropout_embedding=p_emb,
         dropout_hidden=p_hid,
         output_bias=bias,
+        cell="torch" if "torch-cell" in variant else "paper",
     )
     model = GRU4Rec(mcfg, n_items).double()
+    if "torch-cell" in variant:  # non-zero hidden biases, so that their gradient paths are exercised
+        torch.nn.init.uniform_(model.layers[0].b_h, -0.5, 0.5)
     full = n_sample == "full"
     model.set_sparse_grad(not full)
     params = model.sparse_parameters() + model.dense_parameters()
@@ -185,7 +190,7 @@ def test_fused_gradients_equal_autograd(embedding, loss, n_sample, variant):
         if bias:
             assert grads[1] is None
             grads[1] = (rows, g_table[:, 6:])
-    assert len(grads) == len(params)
+    assert len(grads) == len(params) == len(list(model.parameters()))
     for p, g in zip(params, grads):
         assert g is not None and p.grad is not None, p.shape
         want = p.grad.to_dense() if p.grad.is_sparse else p.grad
@@ -637,3 +642,97 @@ def test_validation_with_the_real_evaluator(tmp_path):
         start = evaluate_model(untrained(cfg, split.n_items), valid, ks=ks, ties=ties, device="cpu")
     assert best["mrr@20"] == pytest.approx(max(scores), rel=1e-6)
     assert start["mrr@20"] < 0.5
+
+
+# --- reference-parity options -------------------------------------------------------------------------
+
+
+def _fused_setup(mcfg: ModelConfig, n_items: int = 9, loss_batch_size: int | None = None):
+    model = GRU4Rec(mcfg, n_items).double()
+    params = model.sparse_parameters() + model.dense_parameters()
+    table = AdagradM(params, lr=0.1).pack_rows([model.item_out, model.item_bias])
+    fs = FusedStep(
+        model, params, loss="bpr-max", full=False, bpreg=0.3, elu=0.5, row_table=table, loss_batch_size=loss_batch_size
+    )
+    return model, fs
+
+
+def test_dropout_carry_carries_the_dropped_out_state():
+    # GRU4Rec's reference: the dropped-out output of a layer is the hidden state of the next step.
+    torch.manual_seed(0)
+    mcfg = ModelConfig(layers=[6], dropout_hidden=0.4, dropout_carry=True)
+    model, fs = _fused_setup(mcfg)
+    inputs, targets, negs = torch.tensor([1, 2, 2, 8]), torch.tensor([3, 3, 0, 5]), torch.tensor([3, 7, 1])
+    h = torch.randn(4, 6, dtype=torch.float64)
+    _, _, got_h = fs.grads(inputs, targets, h, negs)
+    ((buf, pos),) = fs.mask_state().values()
+    mask = buf[pos - 4 : pos].clone()
+    model.drop_hidden = FixedMask(mask)
+    out, (hn,) = model.step(inputs, [h])
+    assert torch.equal(hn, out) and (hn == 0).any()  # the carried state is the output, zeros included
+    assert torch.allclose(got_h, hn, atol=1e-12)  # the fused engine carries the same
+    model.eval()  # no dropout outside training: the clean state is carried
+    model.drop_hidden = torch.nn.Dropout(0.4).eval()
+    out, (hn,) = model.step(inputs, [h])
+    assert torch.equal(hn, out) and not (hn == 0).any()
+
+
+def test_loss_scale_batch_size_weighs_a_shrunk_batch_by_its_rows():
+    # loss_scale='batch_size': a batch of 4 rows with batch_size 8 gets half the gradient of 'mean'.
+    mcfg = ModelConfig(layers=[6])
+    inputs, targets, negs = torch.tensor([1, 2, 2, 8]), torch.tensor([3, 3, 0, 5]), torch.tensor([3, 7, 1])
+    h = torch.randn(4, 6, dtype=torch.float64)
+    torch.manual_seed(0)
+    _, mean_fs = _fused_setup(mcfg)
+    torch.manual_seed(0)
+    _, half_fs = _fused_setup(mcfg, loss_batch_size=8)
+    la, ga, _ = mean_fs.grads(inputs, targets, h, negs)
+    lb, gb, _ = half_fs.grads(inputs, targets, h, negs)
+    assert la.item() == lb.item()  # the reported loss stays the mean
+    for x, y in zip(ga, gb):
+        if x is None:
+            continue
+        x, y = (x.grad, y.grad) if isinstance(x, tuple) else (x, y)
+        assert torch.allclose(y, 0.5 * x, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
+def test_loss_scale_and_dropout_carry_engines_agree_and_change_training(tmp_path, loss):
+    split = make_split(tmp_path, sessions=SESSIONS + [[2, 5, 9, 1, 4, 7, 8, 3, 6]], repeat=2)
+    cfg = cfg_small(epochs=2, loss=loss, momentum=0.0, batch_size=4, loss_scale="batch_size")
+    cfg.model.dropout_embedding, cfg.model.dropout_hidden = 0.0, 0.0
+    a = train(split, cfg, tmp_path / "fused", engine="fused")
+    b = train(split, cfg, tmp_path / "autograd", engine="autograd")
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+    mean = train(
+        split,
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"loss_scale": "mean"})}),
+        tmp_path / "mean",
+        engine="fused",
+    )
+    assert not torch.allclose(a.model.item_out, mean.model.item_out, atol=1e-4)  # the batch did shrink
+
+
+def test_torch_cell_is_torch_grucell():
+    torch.manual_seed(0)
+    layer = GRU4Rec(ModelConfig(layers=[5], cell="torch"), 7).layers[0]
+    torch.nn.init.uniform_(layer.b, -0.5, 0.5)
+    torch.nn.init.uniform_(layer.b_h, -0.5, 0.5)
+    H = 5
+    cell = torch.nn.GRUCell(5, H)
+
+    def gates(m):  # ours [candidate | reset | update] → GRUCell's [reset | update | new]; GRUCell's
+        # update gate keeps the old state (h' = z h + (1 - z) c), ours the new: its pre-activation is negated
+        return torch.cat([m[..., H : 2 * H], -m[..., 2 * H :], m[..., :H]], -1)
+
+    with torch.no_grad():
+        cell.weight_ih.copy_(gates(layer.w_x).t())
+        cell.weight_hh.copy_(gates(torch.cat([layer.w_h, layer.w_rz], 1)).t())
+        cell.bias_ih.copy_(gates(layer.b))
+        cell.bias_hh.copy_(gates(layer.b_h))
+    x, h = torch.randn(3, 5), torch.randn(3, H)
+    assert torch.allclose(layer(x, h), cell(x, h), atol=1e-6)
+    paper = GRU4Rec(ModelConfig(layers=[5]), 7).layers[0]
+    paper.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "b_h"})
+    assert not torch.allclose(paper(x, h), cell(x, h), atol=1e-3)  # the formulations do differ
