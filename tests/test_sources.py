@@ -244,8 +244,10 @@ def test_directory_sources_resolve_per_role(tmp_path):
 # --- the prepare_data flow: a nightly run reads only the new day ---------------------------------
 
 
-def _task_states(flow_run_id) -> dict[str, str]:
-    """ingest-file task run name -> its final state's name, for one flow run."""
+def _task_states(flow_run_id, expected: int) -> dict[str, str]:
+    """ingest-file task run name -> its final state's name, for one flow run (``expected`` of them)."""
+    import time
+
     import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -253,9 +255,14 @@ def _task_states(flow_run_id) -> dict[str, str]:
     async def read():
         async with get_client() as client:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {r.name: r.state.name for r in runs if r.name.startswith("ingest-file")}
+            return [r for r in runs if r.name.startswith("ingest-file")]
 
-    return anyio.run(read)
+    for _ in range(100):  # task runs and their states reach the server's database a moment after the flow ends
+        runs = anyio.run(read)
+        if len(runs) >= expected and all(r.state is not None and r.state.is_final() for r in runs):
+            break
+        time.sleep(0.1)
+    return {r.name: r.state.name for r in runs}
 
 
 @pytest.mark.slow
@@ -274,7 +281,8 @@ def test_nightly_prepare_reads_only_the_new_day(prefect_harness, tmp_path):
         result = state.result()
         manifest = json.loads(Path(result["ingest_manifest"]).read_text())
         files = manifest["sources"]["events"]["files"]
-        return _task_states(state.state_details.flow_run_id), [f["cache"] for f in files], result
+        n = len(list((tmp_path / "events").rglob("*.parquet")))
+        return _task_states(state.state_details.flow_run_id, n), [f["cache"] for f in files], result
 
     states, cache, first = run()
     assert len(states) == 6 and set(states.values()) == {"Completed"}
