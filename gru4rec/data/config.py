@@ -79,7 +79,7 @@ class IngestConfig(_Strict):
         default=None,
         gt=0,
         description="Rolling window: keep only the events of the last N days before the newest event "
-        "(None = all). Files wholly before the window are not read.",
+        "(None = all), cut at ingest.",
     )
     data_dir: str | None = Field(
         default=None, description="Download cache directory; None = $GRU4REC_DATA_DIR or ~/.cache/gru4rec-pipeline."

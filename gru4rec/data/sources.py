@@ -9,8 +9,9 @@ format.
 Each file is read on its own into the canonical events table (`read_part`); the parts are then
 concatenated (`combine`) in path order, optionally keeping only a rolling window: the events of the
 last N days before the newest event. The window is cut here, at ingest, so that validation and
-splitting cost what the window holds and not what the directory has accumulated; a file that lies
-wholly before the window is not even read. A session that crosses the window's start keeps only its
+splitting cost what the window holds and not what the directory has accumulated; a file's part that
+lies wholly before the window is not read by `combine` (the file itself is parsed once, when first
+seen, which is how its time range is known). A session that crosses the window's start keeps only its
 events inside the window (the splitter's minimum session length then applies as usual).
 """
 
