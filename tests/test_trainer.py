@@ -579,6 +579,8 @@ def test_presets_exact():
         b.train.bpreg,
         b.train.epochs,
     ) == (80, 0.05, 0.4, 2048, 0.4, "bpr-max", 0.5, 1.95, 10)
+    # GRU4Rec's loss scaling (sum / configured batch size) for its presets, the Keras mean for the tutorial
+    assert (x.train.loss_scale, b.train.loss_scale, t.train.loss_scale) == ("batch_size", "batch_size", "mean")
     for name in PRESETS:
         c = get_preset(name)
         assert Gru4RecConfig.model_validate_json(c.model_dump_json()) == c
