@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gru4rec.baselines import BaselineName
 from gru4rec.config import Gru4RecConfig
 from gru4rec.data.config import IngestConfig, SplitConfig
+from gru4rec.data.health import HealthThresholds
 from gru4rec.errors import ConfigError
 from gru4rec.evaluate import Ties, check_metric_name
 from gru4rec.presets import PresetName, get_preset
@@ -121,6 +122,9 @@ class PipelineConfig(_Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    health: HealthThresholds = Field(
+        default_factory=HealthThresholds, description="Data health: changes from the champion's data that warn."
+    )
     notifications: NotificationSettings = Field(default_factory=NotificationSettings)
     workdir: str = Field(default="runs", description="Run directories and the embedded MLflow store go here.")
     cache_data: bool = Field(

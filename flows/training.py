@@ -34,7 +34,15 @@ from tasks.data import ingest_sources, split_task, validate_task
 from tasks.notify import notify_failure, notify_new_champion
 from tasks.plots import comparison_plot, markdown_image, training_plot
 from tasks.registry import store_locations
-from tasks.training import evaluate_champion_task, evaluate_task, find_trained_task, register_task, train_task
+from tasks.training import (
+    data_health_task,
+    data_profile_task,
+    evaluate_champion_task,
+    evaluate_task,
+    find_trained_task,
+    register_task,
+    train_task,
+)
 
 
 @task(name="fingerprint-source", **RETRY_OPTIONS)
@@ -276,7 +284,58 @@ def _challenge_champion(run: RunContext, data: dict, tracking_uri: str) -> dict 
     return result
 
 
-def _evidence(run: RunContext, report: dict, head_to_head: dict | None) -> dict:
+def _data_health(run: RunContext, data: dict, tracking_uri: str, head_to_head: dict | None) -> tuple[str, dict | None]:
+    """Profile this run's training data; on new data, compare it with the champion's (artifact)."""
+    profile = data_profile_task(
+        data["split_dir"], run.config.training.full, str(run.run_dir / "data_profile.json"), wait_for=[data["manifest"]]
+    )
+    if head_to_head is None:
+        return profile, None
+    health = data_health_task(
+        profile,
+        tracking_uri,
+        run.config.registry.name,
+        head_to_head["champion_version"],
+        run.config.health.model_dump(),
+    )
+    _health_artifact(health)
+    return profile, health
+
+
+def _health_artifact(health: dict) -> None:
+    v = health["champion_version"]
+    if not health["compared"]:
+        md = f"## Data health\n\nChampion v{v} has no data profile (registered before profiles existed): not compared."
+        create_markdown_artifact(key="data-health", markdown=md, description="Data compared with the champion's")
+        return
+    rows = [
+        {"measure": name, f"champion v{v}": _num(before), "this run": _num(now), "change": f"{_change(now, before)}"}
+        for name, (before, now) in health["sizes"].items()
+    ]
+    rows += [
+        {
+            "measure": "items new to the champion",
+            "this run": f"{health['new_items']:,} ({health['new_item_share']:.1%})",
+        },
+        {"measure": "events on new items", "this run": f"{health['new_item_event_share']:.1%}"},
+        {"measure": "item popularity shift (JS divergence)", "this run": _num(health["popularity_shift"])},
+        {"measure": "session-length shift (JS divergence)", "this run": _num(health.get("session_length_shift"))},
+    ]
+    mean_before, mean_now = health["session_length_mean"]
+    rows.append({"measure": "mean session length", f"champion v{v}": _num(mean_before), "this run": _num(mean_now)})
+    warned = "; ".join(health["warnings"]) or "none"
+    create_table_artifact(
+        key="data-health", table=rows, description=f"Data compared with champion v{v}'s. Warnings: {warned}"
+    )
+
+
+def _change(now, before) -> str:
+    if not before:
+        return "—"
+    return f"{(now - before) / before:+.1%}"
+
+
+def _evidence(run: RunContext, report: dict, head_to_head: dict | None, data_warnings: list[str] = ()) -> dict:
     primary = run.config.registry.primary_metric
     baselines = {name: m[primary] for name, m in report["metrics"].items() if name != "gru4rec"}
     return {
@@ -284,6 +343,7 @@ def _evidence(run: RunContext, report: dict, head_to_head: dict | None) -> dict:
         "popularity": baselines.get("popularity"),
         "baselines": baselines,
         "min_gain": run.config.registry.min_gain,
+        "data_warnings": list(data_warnings),
     }
 
 
@@ -322,7 +382,7 @@ def _register(
         f"{config.training.preset}-{run.flow_run_id[:8]}",
         # one run registers one model: a retried or resumed registration reuses its version
         f"{run.run_key[:32]}-{json.loads((model_dir / 'config.json').read_text())['weights_sha256'][:16]}",
-        _evidence(run, report, head_to_head),
+        _evidence(run, report, head_to_head, extra["data_warnings"]),
         extra["training_key"],
         wait_for=[summary, report] + ([head_to_head] if head_to_head else []),
     )
@@ -416,7 +476,13 @@ def _run_steps(run: RunContext) -> dict:
     tracking_uri, _ = store_locations(run.config.registry.tracking_uri, run.workdir)
     head_to_head = _challenge_champion(run, data, tracking_uri)
     eval_rows, comparison = _evaluation_artifact(run, report, head_to_head)
-    extra = {"training_key": key, "head_to_head": head_to_head, "plots": [*summary["plots"], str(comparison)]}
+    profile, health = _data_health(run, data, tracking_uri, head_to_head)
+    extra = {
+        "training_key": key,
+        "head_to_head": head_to_head,
+        "plots": [*summary["plots"], str(comparison), profile],
+        "data_warnings": health["warnings"] if health else [],
+    }
     reg = _register(run, data, summary, cfg, report, device, extra) | {"registered": True}
     return _finish(run, data, device, summary, report, eval_rows, reg)
 

@@ -32,6 +32,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 REGISTRATION_KEY_TAG = "registration_key"
 ALIAS_TAG = "alias"  # written last: a version carrying it is fully registered
 PREVIOUS_CHAMPION_TAG = "previous_champion"
+PROFILE_ARTIFACT = "data_profile.json"  # what the model was trained on (gru4rec.data.health)
 TRAINING_KEY_TAG = "training_key"  # split content + settings + code: equal keys = the same model
 MLFLOW_MODEL_FILE = Path(__file__).with_name("mlflow_model.py")
 LIBRARY = "gru4rec"
@@ -157,6 +158,7 @@ def decide_alias(
     popularity: float | None = None,
     baselines: dict[str, float] | None = None,
     min_gain: float = 0.0,
+    data_warnings: tuple[str, ...] = (),
 ) -> Decision:
     """Champion or challenger for a candidate with `candidate_value` of `primary_metric`.
 
@@ -165,9 +167,11 @@ def decide_alias(
     - Otherwise it must beat the champion by more than `min_gain` (relative): the champion's
       recorded value when both were tested on the same split, else the champion's value on the
       candidate's test split (`head_to_head`); without either they are not comparable.
-    A candidate that loses to a kNN baseline is flagged in `warnings` (and in the reason).
+    A candidate that loses to a kNN baseline, or whose data drifted from the champion's
+    (`data_warnings`), is flagged in `warnings` and in the reason; neither blocks it.
     """
     warnings_ = _loses_to_knn(candidate_value, primary_metric, baselines or {})
+    warnings_ += tuple(f"DATA WARNING: {w}" for w in data_warnings)
     flagged = "".join(f"; {w}" for w in warnings_)
     if popularity is not None and not candidate_value > popularity:
         reason = (
@@ -469,6 +473,7 @@ class Evidence:
     popularity: float | None = None  # the popularity baseline's primary metric on the same targets
     baselines: dict[str, float] | None = None  # every baseline's primary metric
     min_gain: float = 0.0
+    data_warnings: tuple[str, ...] = ()  # the data health check's findings
 
     def tags(self) -> dict[str, str]:
         tags = {"min_gain": repr(self.min_gain), "baselines": json.dumps(self.baselines or {}, sort_keys=True)}
@@ -515,6 +520,7 @@ def _decision_for(
         popularity=evidence.popularity,
         baselines=evidence.baselines,
         min_gain=evidence.min_gain,
+        data_warnings=evidence.data_warnings,
     )
 
 
@@ -774,3 +780,17 @@ def rollback(tracking_uri: str | None, registry_name: str, *, reason: str, who: 
         )
         client.set_registered_model_alias(registry_name, CHAMPION, target)
     return {"registry_name": registry_name, "champion": target, "previous": current.version, "changed": True}
+
+
+def champion_profile(tracking_uri: str | None, registry_name: str, version: str) -> dict | None:
+    """The data profile logged with a version's run (None for versions registered before profiles)."""
+    import mlflow
+
+    client = connect(tracking_uri)
+    run_id = client.get_model_version(registry_name, str(version)).run_id
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if PROFILE_ARTIFACT not in names:
+        return None
+    with tempfile.TemporaryDirectory(prefix="gru4rec-profile-") as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PROFILE_ARTIFACT, dst_path=tmp)
+        return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -151,6 +151,7 @@ def _evidence(raw: dict | None):
         popularity=raw.get("popularity"),
         baselines=raw.get("baselines"),
         min_gain=raw.get("min_gain", 0.0),
+        data_warnings=tuple(raw.get("data_warnings", ())),
     )
 
 
@@ -193,3 +194,32 @@ def evaluate_champion_task(
         "test_fingerprint": report["split_fingerprint"],
         "metrics": report["metrics"],
     }
+
+
+@task(name="profile-data", **RETRY_OPTIONS, cache_policy=NO_CACHE)
+def data_profile_task(split_dir: str, full: bool, out: str) -> str:
+    """The profile of what the model trains on (logged with the run; the next run compares with it)."""
+    from gru4rec.data.health import data_profile
+    from gru4rec.io import write_json_atomic
+
+    return str(write_json_atomic(out, data_profile(split_dir, full)))
+
+
+@task(name="data-health", **RETRY_OPTIONS, cache_policy=NO_CACHE)
+def data_health_task(
+    profile: str, tracking_uri: str, registry_name: str, champion_version: str, thresholds: dict
+) -> dict:
+    """This run's data against the champion's (its logged data profile); warnings above thresholds."""
+    from gru4rec.data.health import HealthThresholds, compare_profiles
+    from tasks.registry import champion_profile
+
+    reference = champion_profile(tracking_uri, registry_name, champion_version)
+    if reference is None:
+        return {"champion_version": champion_version, "compared": False, "warnings": []}
+    current = json.loads(Path(profile).read_text(encoding="utf-8"))
+    report = compare_profiles(current, reference, HealthThresholds(**thresholds))
+    report |= {"champion_version": champion_version, "compared": True}
+    report["sizes"] = {k: (reference.get(k), current[k]) for k in ("events", "sessions", "items")}
+    for warning in report["warnings"]:
+        get_run_logger().warning("data health: %s", warning)
+    return report

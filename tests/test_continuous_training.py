@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from flows.config import NotificationSettings, PipelineConfig, RegistrySettings, TrainingSettings
 from gru4rec.data.config import IngestConfig
+from gru4rec.data.health import HealthThresholds
 from tests.synthetic import synthetic_movielens
 from tests.test_notify import Receiver
 
@@ -24,13 +25,14 @@ BETTER = {"model.layers": "[32]", "train.n_sample": "64", "train.batch_size": "1
 COMMON = {"train.threads": 1, "train.device": "cpu"}
 
 
-def _config(workdir, source, overrides, notify_url=None) -> PipelineConfig:
+def _config(workdir, source, overrides, notify_url=None, **settings) -> PipelineConfig:
     return PipelineConfig(
         ingest=IngestConfig(source=str(source), format="ml-100k"),
         training=TrainingSettings(preset="gru4rec-xe", overrides=COMMON | overrides),
         registry=RegistrySettings(name=NAME),
         notifications=NotificationSettings(notify_url=notify_url),
         workdir=str(workdir),
+        **settings,
     )
 
 
@@ -74,7 +76,9 @@ def test_new_data_can_win_and_rollback_restores(prefect_harness, data, tmp_path)
 
     receiver = Receiver()  # a webhook on 127.0.0.1 hears about the new champion
     try:
-        second = training_pipeline(_config(workdir, b, BETTER, notify_url=receiver.url + "/hook"))
+        # a strict size threshold: B's extra events are flagged as a data change (not blocking)
+        strict = HealthThresholds(size_change=0.01)
+        second = training_pipeline(_config(workdir, b, BETTER, notify_url=receiver.url + "/hook", health=strict))
         heard = receiver.wait(1)
     finally:
         receiver.close()
@@ -87,6 +91,12 @@ def test_new_data_can_win_and_rollback_restores(prefect_harness, data, tmp_path)
     assert h2h["n_targets"] == second["metrics"]["gru4rec"]["n_targets"]  # the same targets
     assert reg["alias"] == "champion", reg["decision"]
     assert reg["candidate_metric"] > h2h["value"] and "re-evaluated on this run's test split" in reg["decision"]
+    assert any(w.startswith("DATA WARNING: events changed by +") for w in reg["warnings"]), reg["warnings"]
+    assert "DATA WARNING: sessions changed by +" in reg["decision"]
+    from prefect.artifacts import Artifact
+
+    health = Artifact.get("data-health")
+    assert str(health.flow_run_id) == second["flow_run_id"] and "events changed by" in health.description
     client = _client(workdir)
     tags = client.get_model_version(NAME, "2").tags
     assert float(tags["head_to_head_champion_value"]) == h2h["value"]
