@@ -21,6 +21,7 @@ from gru4rec.data.health import HealthThresholds
 from gru4rec.errors import ConfigError
 from gru4rec.evaluate import Ties, check_metric_name
 from gru4rec.presets import PresetName, get_preset
+from tasks.notify import NotificationSettings
 from tasks.validation import ValidationConfig
 
 
@@ -84,35 +85,6 @@ class RegistrySettings(_Strict):
         "it (0.01 = 1%).",
     )
     experiment: str = Field(default="gru4rec", description="MLflow experiment of the runs.")
-
-
-class NotificationSettings(_Strict):
-    """Who hears about a failed run or a new champion (tasks/notify.py; README "Notifications")."""
-
-    notify_block: str | None = Field(
-        default=None,
-        description="Prefect block to notify through, as TYPE-SLUG/NAME: a notification block "
-        "(custom-webhook/NAME, slack-webhook/NAME, ...) or a webhook block (webhook/NAME); None = none.",
-    )
-    notify_url: str | None = Field(
-        default=None, description="URL to POST a JSON message to (Prefect's Webhook block, unsaved); None = none."
-    )
-    notify_on_failure: bool = Field(default=True, description="Notify when a run fails or crashes.")
-    notify_on_new_champion: bool = Field(default=True, description="Notify when a new version becomes champion.")
-
-    @field_validator("notify_url")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"notify_url must start with http:// or https://, got {v!r}")
-        return v
-
-    @field_validator("notify_block")
-    @classmethod
-    def _block_name(cls, v: str | None) -> str | None:
-        if v is not None and v.count("/") != 1:
-            raise ValueError(f"notify_block must be TYPE-SLUG/NAME (e.g. custom-webhook/gru4rec), got {v!r}")
-        return v
 
 
 class PipelineConfig(_Strict):

@@ -25,12 +25,45 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 CHAMPION_EVENT = "gru4rec.model.champion"
 FAILURE_EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed")
 PIPELINE_FLOWS = ("training_pipeline", "prepare_data")
 TIMEOUT_S = 10.0
 
 _fallback_logger = logging.getLogger("gru4rec.notify")
+
+
+class NotificationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    """Who hears about a failed run or a new champion (tasks/notify.py; README "Notifications")."""
+
+    notify_block: str | None = Field(
+        default=None,
+        description="Prefect block to notify through, as TYPE-SLUG/NAME: a notification block "
+        "(custom-webhook/NAME, slack-webhook/NAME, ...) or a webhook block (webhook/NAME); None = none.",
+    )
+    notify_url: str | None = Field(
+        default=None, description="URL to POST a JSON message to (Prefect's Webhook block, unsaved); None = none."
+    )
+    notify_on_failure: bool = Field(default=True, description="Notify when a run fails or crashes.")
+    notify_on_new_champion: bool = Field(default=True, description="Notify when a new version becomes champion.")
+
+    @field_validator("notify_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"notify_url must start with http:// or https://, got {v!r}")
+        return v
+
+    @field_validator("notify_block")
+    @classmethod
+    def _block_name(cls, v: str | None) -> str | None:
+        if v is not None and v.count("/") != 1:
+            raise ValueError(f"notify_block must be TYPE-SLUG/NAME (e.g. custom-webhook/gru4rec), got {v!r}")
+        return v
 
 
 def _logger(flow=None, flow_run=None):
@@ -55,8 +88,6 @@ def _redacted(url: str) -> str:
 
 def resolve_settings(settings: Any = None, parameters: Mapping[str, Any] | None = None):
     """`NotificationSettings` from an explicit value, or from a flow run's ``config`` parameter."""
-    from flows.config import NotificationSettings
-
     if isinstance(settings, NotificationSettings):
         return settings
     if isinstance(settings, Mapping):

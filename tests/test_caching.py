@@ -136,4 +136,6 @@ def test_training_cache_is_keyed_on_the_data_even_without_data_caching(prefect_h
     assert trained_on == on_b["split_fingerprint"]
     on_a_again = training_pipeline(_config(tmp_path, a, **settings))
     assert on_a_again["split_dir"] != first["split_dir"]  # data not cached: split again...
-    assert on_a_again["model_dir"] == first["model_dir"]  # ...same content, same config: model reused
+    # ...same content, same config and code: nothing is trained or registered again
+    assert on_a_again["registration"]["registered"] is False
+    assert on_a_again["registration"]["version"] == first["registration"]["version"]
