@@ -187,7 +187,9 @@ def test_mlflow_ui_opens_on_the_registry_with_telemetry_off(tmp_path):
     mlflow.MlflowClient(f"sqlite:///{store}").create_registered_model("gru4rec-ml1m")
     port = _free_port()
     cli = str(Path(sys.executable).with_name("gru4rec-pipeline"))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    # MLflow exports MLFLOW_TRACKING_URI when an earlier test in this process set one: not this store
+    dropped = ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     ui = subprocess.Popen(  # noqa: S603
         [cli, "mlflow-ui", "--workdir", str(tmp_path), "--port", str(port)],
         env=env,
