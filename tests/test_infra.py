@@ -184,7 +184,8 @@ def test_mlflow_ui_opens_on_the_registry_with_telemetry_off(tmp_path):
 
     store = tmp_path / "mlflow" / "mlflow.db"
     store.parent.mkdir()
-    mlflow.MlflowClient(f"sqlite:///{store}").create_registered_model("gru4rec-ml1m")
+    uri = f"sqlite:///{store}"  # registry too: an earlier test may have set a global registry URI
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).create_registered_model("gru4rec-ml1m")
     port = _free_port()
     cli = str(Path(sys.executable).with_name("gru4rec-pipeline"))
     # MLflow exports MLFLOW_TRACKING_URI when an earlier test in this process set one: not this store
