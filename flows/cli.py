@@ -546,13 +546,15 @@ TrackingUri = Annotated[str | None, typer.Option(help="MLflow tracking URI (defa
 Workdir = Annotated[str | None, typer.Option(help="Workdir of the embedded MLflow store; default runs.")]
 
 
-def _move_alias(action, *args, **kwargs) -> None:
+def _move_alias(action, tracking_uri: str | None, workdir: str | None, *args, **kwargs) -> None:
+    """Run promote/rollback on the store given (or the workdir's embedded one); one-line errors."""
     import getpass
 
     from mlflow.exceptions import MlflowException
 
     try:
-        result = action(*args, who=getpass.getuser(), **kwargs)
+        uri = _existing_store(tracking_uri, workdir or PipelineConfig.model_fields["workdir"].default)
+        result = action(uri, *args, who=getpass.getuser(), **kwargs)
     except (MlflowException, ValueError, PipelineError) as e:
         _fail(str(getattr(e, "message", e)).splitlines()[0])
     before = f" (was v{result['previous']})" if result["previous"] else ""
@@ -571,11 +573,7 @@ def promote(
     """Make a registered version the champion by hand (who and why are recorded)."""
     from tasks.registry import promote as promote_version
 
-    try:
-        uri = _existing_store(tracking_uri, workdir or PipelineConfig.model_fields["workdir"].default)
-    except PipelineError as e:
-        _fail(str(e))
-    _move_alias(promote_version, uri, model, version, reason=reason)
+    _move_alias(promote_version, tracking_uri, workdir, model, version, reason=reason)
 
 
 @app.command()
@@ -589,11 +587,7 @@ def rollback(
     """Give the champion alias back to the previous champion (who and why are recorded)."""
     from tasks.registry import rollback as rollback_champion
 
-    try:
-        uri = _existing_store(tracking_uri, workdir or PipelineConfig.model_fields["workdir"].default)
-    except PipelineError as e:
-        _fail(str(e))
-    _move_alias(rollback_champion, uri, model, reason=reason, to=to)
+    _move_alias(rollback_champion, tracking_uri, workdir, model, reason=reason, to=to)
 
 
 register_operations(app)  # deploy, schedule pause|resume|status, notify test (flows/ops_cli.py)
