@@ -367,10 +367,13 @@ def _score_sessions(scorer: StepScorer, run: _Run, tally: _Tally) -> None:
             seen[rows, inp] = True
         if seen is not None or static_mask is not None:
             mask = seen if static_mask is None else (static_mask if seen is None else seen | static_mask)
-            ts = scores.gather(1, tgt.view(-1, 1))
-            # Excluded items cannot be recommended; the target itself is still ranked.
-            scores = scores.masked_fill(mask, -math.inf).scatter(1, tgt.view(-1, 1), ts)
-        rank_parts.append(ranks_from_scores(scores, tgt, ties))
+            # Excluded items cannot be recommended: an excluded target (a repeat of an item seen
+            # in the session) is a miss at every K, as it would be for the deployed recommender.
+            missed = mask[tgt] if mask.dim() == 1 else mask.gather(1, tgt.view(-1, 1)).view(-1)
+            scores = scores.masked_fill(mask, -math.inf)
+            rank_parts.append(ranks_from_scores(scores, tgt, ties).masked_fill(missed, math.inf))
+        else:
+            rank_parts.append(ranks_from_scores(scores, tgt, ties))
         top = torch.topk(scores, k_max, dim=1).indices
         for k in ks:
             kk = min(k, n_items)
@@ -442,8 +445,8 @@ def evaluate_model(
     ``n_targets`` (= Σ(len(session) − 1)), ``n_sessions`` (sessions with at least one target).
 
     ``exclude``: None; ``"seen"`` (items already in the session cannot be recommended); or item
-    indices never recommended. Excluded items are removed from the ranking, but a target is still
-    ranked by its own score even when it is excluded.
+    indices never recommended. Excluded items are removed from the ranking, and a target that is
+    excluded (with ``"seen"``: an item the session already holds) counts as a miss at every K.
 
     The model is put in eval mode and on ``device`` for the evaluation; its previous mode and
     device are restored afterwards.

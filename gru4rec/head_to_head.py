@@ -99,8 +99,10 @@ def evaluate_on_new_split(
     ties: str = "conservative",
     device: str = "auto",
     batch_size: int = 512,
+    exclude_seen: bool = False,
 ) -> dict:
-    """Test metrics of a model directory on a split with another item index (see the module doc)."""
+    """Test metrics of a model directory on a split with another item index (see the module doc);
+    ``exclude_seen``: the session's own items are left out of the ranking (as in `evaluate_on_split`)."""
     from gru4rec.evaluate import ModelScorer, evaluate_scorer
     from gru4rec.persist import load_model
 
@@ -111,7 +113,10 @@ def evaluate_on_new_split(
     test = session_arrays(split.test)
     counts = split.items["count"].to_numpy() if "count" in split.items.columns else None
     scorer = RemappedScorer(ModelScorer(loaded.model), mapping)
-    metrics = evaluate_scorer(scorer, test, ks=ks, ties=ties, batch_size=batch_size, device=dev, item_counts=counts)
+    exclude = "seen" if exclude_seen else None
+    metrics = evaluate_scorer(
+        scorer, test, ks=ks, ties=ties, batch_size=batch_size, device=dev, item_counts=counts, exclude=exclude
+    )
     return {
         "split_fingerprint": split.fingerprint(),
         "model_dir": str(Path(model_dir).resolve()),

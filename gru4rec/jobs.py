@@ -36,6 +36,17 @@ def training_key(split_fingerprint: str, config: dict, full: bool, device: str) 
     return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
 
 
+def seen_items_decision(split: Split, full: bool, setting: object = "auto") -> dict:
+    """How often the training data (train, or train+valid when ``full``) repeats an item within a
+    session, and what ``setting`` (auto|true|false) decides from it (`gru4rec.seen`)."""
+    from gru4rec.seen import repeat_stats, seen_items_record
+
+    cols = ["session_id", "item_idx"]
+    frames = [split.train.select(cols)] + ([split.valid.select(cols)] if full else [])
+    stats = repeat_stats(pl.concat(frames))
+    return seen_items_record(setting, stats, "train+valid" if full else "train")
+
+
 def items_for_model(split: Split, full: bool) -> pl.DataFrame:
     """The item index a model ships with; `count` is the popularity over what it was trained on."""
     items = split.items
@@ -66,8 +77,13 @@ def train_on_split(
     preset: str | None = None,
     callbacks=None,
     overwrite: bool = False,
+    exclude_seen: object = "auto",
 ) -> dict:
     """Train on a split directory and write a model directory (weights, config, items, history).
+
+    ``exclude_seen`` (auto|true|false) is the model's default for leaving the session's own items
+    out of its recommendations; ``auto`` decides from the training data's share of repeated
+    (session, item) pairs. Decision and measurement go to config.json (``extra.seen_items``).
 
     Checkpoints go to ``work_dir`` (default ``<model_dir>.work``) after every epoch, so a killed
     run started again with the same arguments resumes where it stopped (only the very same job is
@@ -81,6 +97,7 @@ def train_on_split(
 
     select_device(cfg.train.device)  # an absent device is an error before anything is created
     split = load_split(split_dir)
+    seen_items = seen_items_decision(split, full, exclude_seen)  # a bad setting fails here, before any work
     model_dir = Path(model_dir)
     work = Path(work_dir) if work_dir else model_dir.with_name(model_dir.name + ".work")
     _check_places(Path(split_dir), model_dir, work)
@@ -89,7 +106,7 @@ def train_on_split(
         notes = _clean_up(model_dir, overwrite)
         try:
             result = train(split, cfg, work, full=full, resume=resume, callbacks=callbacks)
-            extra = _provenance(split, result, preset, full)
+            extra = _provenance(split, result, preset, full) | {"seen_items": seen_items}
             items = items_for_model(split, full)
             config = cfg.model_dump(mode="json")
             save_model(model_dir, result.model, config, items, extra=extra, history=result.history, overwrite=overwrite)
@@ -193,8 +210,17 @@ def evaluate_on_split(
     out: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 512,
+    exclude_seen: object = False,
+    compare_seen: bool = False,
 ) -> dict:
-    """Evaluate a model directory (and baselines, on the same targets) on the split's test set."""
+    """Evaluate a model directory (and baselines, on the same targets) on the split's test set.
+
+    ``exclude_seen`` (auto|true|false; default false: metrics comparable with published ones) leaves
+    the session's own items out of every model's ranking, a repeated target then being a miss;
+    ``auto`` decides from the training data's repeat share (`gru4rec.seen`). The report's
+    ``seen_items`` holds the decision and the measurement; ``compare_seen`` also evaluates every
+    model with the other setting, under ``metrics_other_seen`` ({"exclude_seen", "metrics"}).
+    """
     from gru4rec.baselines import build_baseline
     from gru4rec.evaluate import evaluate_model
     from gru4rec.persist import load_model
@@ -206,15 +232,22 @@ def evaluate_on_split(
     loaded = load_model(model_dir, device=dev)
     _check_compatible(split, loaded, Path(model_dir))
     full = loaded.config.get("extra", {}).get("trained_on") == "train+valid"
+    seen_items = seen_items_decision(split, full, exclude_seen)
     test = session_arrays(split.test)
     counts = loaded.counts
     common = dict(ks=tuple(ks), ties=ties, batch_size=batch_size, device=dev, item_counts=counts)
-
-    results: dict[str, dict] = {"gru4rec": evaluate_model(loaded.model, test, **common)}
     train_sessions = training_sessions(split, full) if baselines else None
-    for name in baselines:
-        scorer = build_baseline(name, train_sessions=train_sessions, n_items=split.n_items, item_counts=counts)
-        results[name] = evaluate_model(scorer, test, **common)
+    scorers = {"gru4rec": loaded.model} | {
+        name: build_baseline(name, train_sessions=train_sessions, n_items=split.n_items, item_counts=counts)
+        for name in baselines
+    }
+
+    def evaluate_all(exclude: bool) -> dict[str, dict]:
+        return {
+            name: evaluate_model(s, test, **common, exclude="seen" if exclude else None) for name, s in scorers.items()
+        }
+
+    results = evaluate_all(seen_items["exclude_seen"])
     report = {
         "split_dir": str(Path(split_dir).resolve()),
         "split_fingerprint": split.fingerprint(),
@@ -222,8 +255,12 @@ def evaluate_on_split(
         "ks": list(ks),
         "ties": ties,
         "n_targets": results["gru4rec"].get("n_targets"),
+        "seen_items": seen_items,
         "metrics": results,
     }
+    if compare_seen:
+        other = not seen_items["exclude_seen"]
+        report["metrics_other_seen"] = {"exclude_seen": other, "metrics": evaluate_all(other)}
     if out is not None:
         write_json_atomic(out, report)
     return report

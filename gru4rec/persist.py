@@ -79,6 +79,14 @@ class LoadedModel:
     def n_items(self) -> int:
         return self.model.n_items
 
+    @property
+    def exclude_seen(self) -> bool:
+        """Whether recommendations leave out the session's own items by default: decided when the
+        model was trained (``extra.seen_items`` in config.json, see `gru4rec.seen`); a model saved
+        before that was recorded keeps them (False), as it always did."""
+        seen = (self.config.get("extra") or {}).get("seen_items") or {}
+        return bool(seen.get("exclude_seen", False))
+
 
 # --------------------------------------------------------------------------------------------
 # Saving

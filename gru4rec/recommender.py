@@ -4,6 +4,10 @@ Item ids go in and come out as the original ids of ``items.parquet``; ids are ma
 index's type (``"1193"`` and ``1193`` are the same item for an integer index). Ids not in the
 index are skipped and reported. A session with no known item gets the most popular items,
 flagged ``fallback=True``.
+
+``exclude_seen`` (leave the session's own items out of the top-k) defaults to the model's own
+setting, decided when it was trained from how often its training data repeats items (see
+`gru4rec.seen`; a model saved before that keeps them); ``True``/``False`` override it per call.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class Recommender:
         self.model.to(self.device)
         self.batch_size = batch_size
         self.n_items = loaded.n_items
+        self.exclude_seen = loaded.exclude_seen  # the model's default
         self._item_ids = loaded.item_ids
         self._key = _id_normaliser(loaded.items.schema["item_id"])
         self._index = loaded.item_to_idx
@@ -147,11 +152,13 @@ class Recommender:
 
     # --- public -------------------------------------------------------------------------------
     def recommend(
-        self, sessions: Sequence[Sequence[Any]], k: int = 20, exclude_seen: bool = False
+        self, sessions: Sequence[Sequence[Any]], k: int = 20, exclude_seen: bool | None = None
     ) -> list[Recommendation]:
-        """Top-k next items after each session (a list of original item ids, oldest first)."""
+        """Top-k next items after each session (a list of original item ids, oldest first);
+        ``exclude_seen=None`` = the model's default (`Recommender.exclude_seen`)."""
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        exclude_seen = self.exclude_seen if exclude_seen is None else bool(exclude_seen)
         mapped = [self.to_indices(s) for s in sessions]
         results: list[Recommendation | None] = [None] * len(mapped)
         live = [i for i, (known, _) in enumerate(mapped) if known]
@@ -168,7 +175,7 @@ class Recommender:
                 results[i] = Recommendation(items=items, scores=scores, unknown_items=mapped[i][1])
         return results  # type: ignore[return-value]
 
-    def recommend_one(self, session: Sequence[Any], k: int = 20, exclude_seen: bool = False) -> Recommendation:
+    def recommend_one(self, session: Sequence[Any], k: int = 20, exclude_seen: bool | None = None) -> Recommendation:
         return self.recommend([session], k=k, exclude_seen=exclude_seen)[0]
 
 
@@ -192,14 +199,15 @@ class SessionScorer:
         self,
         loaded: LoadedModel,
         k: int = 20,
-        exclude_seen: bool = False,
+        exclude_seen: bool | None = None,
         max_sessions: int = 100_000,
         device: str | torch.device | None = None,
     ):
         if k <= 0 or max_sessions <= 0:
             raise ValueError(f"k and max_sessions must be positive, got k={k}, max_sessions={max_sessions}")
         self._rec = Recommender(loaded, device=device)
-        self.k, self.exclude_seen, self.max_sessions = k, exclude_seen, max_sessions
+        self.k, self.max_sessions = k, max_sessions
+        self.exclude_seen = self._rec.exclude_seen if exclude_seen is None else bool(exclude_seen)
         self._states: OrderedDict[Hashable, _SessionState] = OrderedDict()
         self._lock = threading.Lock()
         self.evicted = 0
