@@ -26,17 +26,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def running_prefect_server(home: Path, **extra_env: str) -> Iterator[dict[str, str]]:
-    """Start a Prefect server; yields the environment a client process needs (PREFECT_API_URL, ...)."""
-    port = _free_port()
-    env = {
-        **os.environ,
+def server_env(home: Path, port: int, **extra_env: str) -> dict[str, str]:
+    """This process's environment for a server on ``port`` and its clients, minus what an earlier
+    in-process CLI call left behind for its temporary server: ``_prefect_env`` sets
+    PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED=false, which would start a server whose automations
+    never fire (CI failure of test_server_automations_notify_a_new_champion_and_a_failed_run)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}
+    return {
+        **inherited,
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         **extra_env,
     }
+
+
+@contextlib.contextmanager
+def running_prefect_server(home: Path, **extra_env: str) -> Iterator[dict[str, str]]:
+    """Start a Prefect server; yields the environment a client process needs (PREFECT_API_URL, ...)."""
+    port = _free_port()
+    env = server_env(home, port, **extra_env)
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed below
     prefect = str(Path(sys.executable).with_name("prefect"))

@@ -241,10 +241,22 @@ def test_a_failing_receiver_leaves_a_failed_run_failed_for_its_own_reason(prefec
 
 @pytest.fixture(scope="module")
 def automation_server(tmp_path_factory):
+    import os
+
+    from flows.cli import _prefect_env
     from tests.prefect_server import running_prefect_server
 
-    with running_prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
-        yield env
+    # As in a full test session: an earlier in-process `prepare`/`run` CLI call has set up this
+    # process's environment for a temporary server (triggers off). The real server must not inherit it.
+    saved = dict(os.environ)
+    os.environ.pop("PREFECT_API_URL", None)
+    _prefect_env()
+    try:
+        with running_prefect_server(tmp_path_factory.mktemp("prefect-home")) as env:
+            yield env
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 CHAMPION_SCRIPT = """
