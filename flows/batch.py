@@ -46,7 +46,7 @@ def recommend_task(
     tracking_uri: str | None,
     session_col: str,
     item_col: str,
-    exclude_seen: bool,
+    exclude_seen: bool | None,
 ) -> dict:
     import mlflow
     import pandas as pd
@@ -59,7 +59,8 @@ def recommend_task(
         mlflow.set_registry_uri(tracking_uri)
     ids, sessions = read_sessions(sessions_path, session_col, item_col)
     model = mlflow.pyfunc.load_model(model_uri)
-    pred = model.predict(pd.DataFrame({"items": sessions}), params={"k": k, "exclude_seen": exclude_seen})
+    params = {"k": k} | ({} if exclude_seen is None else {"exclude_seen": exclude_seen})  # absent: the model's
+    pred = model.predict(pd.DataFrame({"items": sessions}), params=params)
     item_type = pl.List(pl.String) if any(isinstance(x, str) for r in pred["items"] for x in r) else pl.List(pl.Int64)
     out = pl.DataFrame(
         {
@@ -92,9 +93,13 @@ def batch_recommend(
     workdir: str = "runs",
     session_col: str = "session_id",
     item_col: str = "item_id",
-    exclude_seen: bool = False,
+    exclude_seen: bool | None = None,
 ) -> dict:
-    """Load ``models:/<name>@<alias>`` (or a version), write top-k recommendations per session to Parquet."""
+    """Load ``models:/<name>@<alias>`` (or a version), write top-k recommendations per session to Parquet.
+
+    ``exclude_seen``: leave out (True) or keep (False) items already in the session; None = the
+    model's own setting (decided when it was trained).
+    """
     from tasks.registry import embedded_tracking_uri
 
     uri = tracking_uri or embedded_tracking_uri(Path(workdir) / "mlflow")[0]

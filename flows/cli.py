@@ -294,6 +294,19 @@ def print_metrics_table(report: dict, title: str) -> None:
     console.print(table)
 
 
+def _seen_note(excluded: bool) -> str:
+    return "seen items excluded" if excluded else "seen items kept"
+
+
+def _seen_summary(seen: dict) -> str:
+    """One line: the repeat share measured on the training data and what the setting decided."""
+    return (
+        f"repeated (session, item) pairs in the training data ({seen['measured_on']}): {seen['repeat_share']:.2%} "
+        f"({seen['repeated_pairs']:,} of {seen['pairs']:,}); exclude_seen={seen['setting']} → seen items "
+        f"{'excluded' if seen['exclude_seen'] else 'kept'} (auto excludes under {seen['threshold']:.0%})"
+    )
+
+
 def print_history_table(summary: dict) -> None:
     table = Table(title=f"Training history ({summary['device']}; metrics on the valid split) → {summary['model_dir']}")
     hist = summary["history"]
@@ -373,10 +386,18 @@ def evaluate(
             out=out,
             device=device,
             baselines=tuple(settings.baselines),
+            exclude_seen=settings.exclude_seen,
+            compare_seen=True,
         )
     except PipelineError as e:
         _fail(str(e))
-    print_metrics_table(report, title=f"Test set: {report['n_targets']:,} targets, ties={settings.ties}")
+    title = f"Test set: {report['n_targets']:,} targets, ties={settings.ties}"
+    print_metrics_table(report, title=f"{title}, {_seen_note(report['seen_items']['exclude_seen'])}")
+    other = report["metrics_other_seen"]
+    print_metrics_table(
+        {"metrics": other["metrics"], "ks": report["ks"]}, title=f"The same, {_seen_note(other['exclude_seen'])}"
+    )
+    console.print(_seen_summary(report["seen_items"]), highlight=False, soft_wrap=True)
     if out:
         console.print(f"metrics written to {out}")
 
@@ -418,7 +439,19 @@ def print_run_summary(result: dict, cfg: PipelineConfig) -> None:
         "ks": cfg.evaluation.ks,
         "n_targets": result["metrics"]["gru4rec"]["n_targets"],
     }
-    print_metrics_table(report, title=f"Test set ({report['n_targets']:,} targets, ties={cfg.evaluation.ties})")
+    title = f"Test set ({report['n_targets']:,} targets, ties={cfg.evaluation.ties})"
+    seen = result.get("seen_items")
+    if seen:
+        title += f", {_seen_note(seen['exclude_seen'])}"
+    print_metrics_table(report, title=title)
+    other = result.get("metrics_other_seen")
+    if other:
+        print_metrics_table(
+            {"metrics": other["metrics"], "ks": cfg.evaluation.ks},
+            title=f"The same, {_seen_note(other['exclude_seen'])} (for comparison; the champion gate uses the above)",
+        )
+    if seen:
+        console.print(_seen_summary(seen), highlight=False, soft_wrap=True)
     h2h = reg.get("head_to_head")
     if h2h:
         console.print(
@@ -454,7 +487,14 @@ def recommend(
         "gru4rec@champion"
     ),
     k: Annotated[int, typer.Option(min=1, help="Number of recommendations.")] = 20,
-    exclude_seen: Annotated[bool, typer.Option(help="Do not recommend items already in the session.")] = False,
+    exclude_seen: Annotated[
+        bool | None,
+        typer.Option(
+            "--exclude-seen/--no-exclude-seen",
+            help="Leave out / keep items already in the session; default: the model's own setting (decided "
+            "when it was trained, see evaluation.exclude_seen; models from before keep them).",
+        ),
+    ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: embedded store).")] = None,
     workdir: Annotated[str | None, typer.Option(help="Workdir of the embedded MLflow store ; default runs.")] = None,
 ) -> None:
@@ -480,7 +520,7 @@ def recommend(
     console.print(table)
 
 
-def _recommend_from_directory(model: str, items: list[str], k: int, exclude_seen: bool) -> dict:
+def _recommend_from_directory(model: str, items: list[str], k: int, exclude_seen: bool | None) -> dict:
     from gru4rec.persist import load_model
     from gru4rec.recommender import Recommender
 
@@ -516,7 +556,9 @@ def _registry_uri(model: str, tracking_uri: str | None, workdir: str) -> tuple[s
     return tracking_uri, f"models:/{model}" if "/" in model else f"models:/{name}@{alias or 'champion'}"
 
 
-def _recommend_from_registry(model: str, items: list[str], k: int, exclude_seen: bool, tracking_uri, workdir) -> dict:
+def _recommend_from_registry(
+    model: str, items: list[str], k: int, exclude_seen: bool | None, tracking_uri, workdir
+) -> dict:
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -530,7 +572,8 @@ def _recommend_from_registry(model: str, items: list[str], k: int, exclude_seen:
         pyfunc = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as e:
         raise ModelFileError(f"cannot load {model_uri} from {uri}: {e.message.splitlines()[0]}") from None
-    out = pyfunc.predict(pd.DataFrame({"items": [items]}), params={"k": k, "exclude_seen": exclude_seen})
+    params = {"k": k} | ({} if exclude_seen is None else {"exclude_seen": exclude_seen})  # absent: the model's
+    out = pyfunc.predict(pd.DataFrame({"items": [items]}), params=params)
     row = out.iloc[0]
     return {
         "items": list(row["items"]),

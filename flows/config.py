@@ -21,6 +21,7 @@ from gru4rec.data.health import HealthThresholds
 from gru4rec.errors import ConfigError
 from gru4rec.evaluate import Ties, check_metric_name
 from gru4rec.presets import PresetName, get_preset
+from gru4rec.seen import ExcludeSeen, normalise_setting
 from tasks.notify import NotificationSettings
 from tasks.validation import ValidationConfig
 
@@ -63,6 +64,21 @@ class EvaluationSettings(_Strict):
     baselines: list[BaselineName] = Field(
         default=["popularity", "item-knn"], description="Baselines evaluated on the same test targets."
     )
+    exclude_seen: ExcludeSeen = Field(
+        default="auto",
+        description="Leave items already in the session out of the recommendations: in the test metrics and "
+        "champion gate (a repeated target is then a miss) and as the registered model's default for recommend "
+        "and pyfunc; auto = exclude when under 1% of the training data's (session, item) pairs repeat "
+        "(MovieLens-style data), keep them otherwise (click logs).",
+    )
+
+    @field_validator("exclude_seen", mode="before")
+    @classmethod
+    def _exclude_seen(cls, v):
+        try:
+            return normalise_setting(v)  # JSON true/false and yes/no/1/0 → "true"/"false"
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("ks")
     @classmethod

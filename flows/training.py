@@ -109,11 +109,18 @@ def _evaluation_artifact(run: RunContext, report: dict, head_to_head: dict | Non
     if head_to_head:
         metrics[f"champion v{head_to_head['champion_version']}"] = head_to_head["metrics"]
     table = metrics_table({"metrics": metrics, "ks": report["ks"]})
+    seen, other = report["seen_items"], report.get("metrics_other_seen")
+    if other:  # the same models with the other seen-items setting, for comparison (the gate uses the first)
+        label = "seen excluded" if other["exclude_seen"] else "seen kept"
+        renamed = {f"{name} [{label}]": m for name, m in other["metrics"].items()}
+        table += metrics_table({"metrics": renamed, "ks": report["ks"]})
     create_table_artifact(
         key="evaluation",
         table=[_rounded(r) for r in table],
         description=f"Test set, {report['n_targets']:,} targets, ties={report['ties']}: GRU4Rec vs baselines"
-        + (" and the champion (head-to-head)" if head_to_head else ""),
+        + (" and the champion (head-to-head)" if head_to_head else "")
+        + f"; items seen in the session {'excluded' if seen['exclude_seen'] else 'kept'} (exclude_seen="
+        f"{seen['setting']}: {seen['repeat_share']:.2%} of the training data's (session, item) pairs repeat)",
     )
     k = max(report["ks"])
     png = comparison_plot(metrics, [f"recall@{k}", f"mrr@{k}"], run.run_dir / "plots" / "comparison.png")
@@ -248,6 +255,7 @@ def _train(run: RunContext, data: dict, cfg: Gru4RecConfig) -> dict:
         training.preset,
         use_cache=run.config.cache_training,
         cache_scope=str(run.workdir),
+        exclude_seen=run.config.evaluation.exclude_seen,  # the model records it as its default
         wait_for=[data["manifest"]],  # the run graph shows split → train
     )
     run.timings["train"] = time.perf_counter() - t
@@ -260,14 +268,30 @@ def _evaluate(run: RunContext, data: dict, model_dir: str) -> dict:
     e = run.config.evaluation
     out = str(run.run_dir / "metrics.json")
     report = evaluate_task(
-        data["split_dir"], model_dir, e.ks, e.ties, list(e.baselines), out, wait_for=[data["manifest"]]
+        data["split_dir"],
+        model_dir,
+        e.ks,
+        e.ties,
+        list(e.baselines),
+        out,
+        e.exclude_seen,
+        True,
+        wait_for=[data["manifest"]],
     )
     run.timings["evaluate"] = time.perf_counter() - t
+    seen = report["seen_items"]
+    get_run_logger().info(
+        "seen items %s (exclude_seen=%s; %.2f%% of the training data's (session, item) pairs repeat)",
+        "excluded" if seen["exclude_seen"] else "kept",
+        seen["setting"],
+        100 * seen["repeat_share"],
+    )
     return report
 
 
-def _challenge_champion(run: RunContext, data: dict, tracking_uri: str) -> dict | None:
-    """On new data: the champion evaluated on this run's test targets (None when not needed)."""
+def _challenge_champion(run: RunContext, data: dict, tracking_uri: str, exclude_seen: bool) -> dict | None:
+    """On new data (or another seen-items setting): the champion evaluated on this run's test targets
+    with this run's setting (None when not needed)."""
     t = time.perf_counter()
     e = run.config.evaluation
     result = evaluate_champion_task(
@@ -278,6 +302,7 @@ def _challenge_champion(run: RunContext, data: dict, tracking_uri: str) -> dict 
         str(run.run_dir / "champion"),
         e.ks,
         e.ties,
+        exclude_seen,
         wait_for=[data["manifest"]],
     )
     run.timings["evaluate_champion"] = time.perf_counter() - t
@@ -344,7 +369,17 @@ def _evidence(run: RunContext, report: dict, head_to_head: dict | None, data_war
         "baselines": baselines,
         "min_gain": run.config.registry.min_gain,
         "data_warnings": list(data_warnings),
+        "exclude_seen": report["seen_items"]["exclude_seen"],
     }
+
+
+def _other_seen_metrics(report: dict) -> dict:
+    """GRU4Rec's metrics with the other seen-items setting, as MLflow metrics excl_seen_* / incl_seen_*."""
+    other = report.get("metrics_other_seen")
+    if not other:
+        return {}
+    prefix = "excl_seen" if other["exclude_seen"] else "incl_seen"
+    return {f"{prefix}_{k}": v for k, v in other["metrics"]["gru4rec"].items() if "@" in k}
 
 
 def _register(
@@ -358,8 +393,13 @@ def _register(
     reg = register_task(
         str(model_dir),
         metrics["gru4rec"]
-        | {f"{name}_{k}": v for name in metrics if name != "gru4rec" for k, v in metrics[name].items()},
-        {"pipeline": config.model_dump(mode="json"), "model": cfg.model_dump(mode="json")},
+        | {f"{name}_{k}": v for name in metrics if name != "gru4rec" for k, v in metrics[name].items()}
+        | _other_seen_metrics(report),
+        {
+            "pipeline": config.model_dump(mode="json"),
+            "model": cfg.model_dump(mode="json"),
+            "seen_items": report["seen_items"],  # the resolved exclude_seen and the measured repeat share
+        },
         data["fingerprint"],
         sha256_file(data["manifest"]),
         config.registry.model_dump(),
@@ -419,7 +459,9 @@ def _tell_new_champion(run: RunContext, reg: dict) -> None:
 def _already_trained(run: RunContext, data: dict, cfg: Gru4RecConfig, device: str) -> tuple[str, dict | None]:
     """The training key of this run and the version already trained with it (or None)."""
     registry = run.config.registry
-    key = training_key(data["fingerprint"], cfg.model_dump(mode="json"), run.config.training.full, device)
+    # the seen-items setting is part of the registered model (its default), so of what makes it the same
+    settings = cfg.model_dump(mode="json") | {"exclude_seen": run.config.evaluation.exclude_seen}
+    key = training_key(data["fingerprint"], settings, run.config.training.full, device)
     tracking_uri, _ = store_locations(registry.tracking_uri, run.workdir)
     return key, find_trained_task(tracking_uri, registry.name, key)
 
@@ -474,7 +516,7 @@ def _run_steps(run: RunContext) -> dict:
     summary = _train(run, data, cfg)
     report = _evaluate(run, data, summary["model_dir"])
     tracking_uri, _ = store_locations(run.config.registry.tracking_uri, run.workdir)
-    head_to_head = _challenge_champion(run, data, tracking_uri)
+    head_to_head = _challenge_champion(run, data, tracking_uri, report["seen_items"]["exclude_seen"])
     eval_rows, comparison = _evaluation_artifact(run, report, head_to_head)
     profile, health = _data_health(run, data, tracking_uri, head_to_head)
     extra = {
@@ -499,6 +541,8 @@ def _finish(run: RunContext, data: dict, device: str, summary, report, eval_rows
         "split_fingerprint": data["fingerprint"],
         "evaluation": eval_rows,
         "metrics": report["metrics"] if report else None,
+        "seen_items": report["seen_items"] if report else None,
+        "metrics_other_seen": report.get("metrics_other_seen") if report else None,
         "registration": reg,
         "tracking_uri": reg["tracking_uri"],
         "timings": run.timings | {"total": total, "compute": compute, "overhead": total - compute},

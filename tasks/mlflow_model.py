@@ -6,7 +6,9 @@ are the code the logged model ships (`tasks.registry.library_import_closure` rea
 Input: a DataFrame with a column ``items`` (each row one session: a list of item ids, oldest
 first). Output: a DataFrame with ``items`` (top-k item ids), ``scores``, ``unknown_items`` and
 ``fallback`` (True when the session had no known item and popular items were returned).
-Parameter ``k`` (default 20) and ``exclude_seen`` (default False) can be passed as params.
+Parameter ``k`` (default 20) and ``exclude_seen`` can be passed as params; without ``exclude_seen``
+the model's own setting applies (recorded in its config.json when it was trained, see
+`gru4rec.seen`; a model directory from before keeps the session's items).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class GRU4RecPyfunc(PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         k = int(params.get("k", 20))
-        exclude_seen = bool(params.get("exclude_seen", False))
+        exclude_seen = params.get("exclude_seen")  # None: the model's own setting
+        exclude_seen = None if exclude_seen is None else bool(exclude_seen)
         if isinstance(model_input, pd.DataFrame):
             sessions = [list(s) if s is not None else [] for s in model_input["items"]]
         else:  # a list of sessions

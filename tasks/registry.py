@@ -67,6 +67,7 @@ class ChampionInfo:
     split_fingerprint: str | None
     primary_metric: str | None
     metric_value: float | None
+    exclude_seen: bool = False  # evaluated with the session's items left out (tag; absent = kept)
 
 
 @dataclass(frozen=True)
@@ -127,17 +128,28 @@ def _loses_to_knn(candidate: float, primary_metric: str, baselines: dict[str, fl
 
 
 def _champion_value(
-    primary_metric: str, split_fingerprint: str, champion: ChampionInfo, head_to_head: HeadToHead | None
+    primary_metric: str,
+    split_fingerprint: str,
+    champion: ChampionInfo,
+    head_to_head: HeadToHead | None,
+    exclude_seen: bool = False,
 ) -> tuple[float | None, str]:
     """The champion's number to beat and how it was obtained ("" = its own value on this same
-    split), or (None, why they are not comparable)."""
+    split, with the same seen-items setting), or (None, why they are not comparable)."""
     same_split = champion.split_fingerprint == split_fingerprint
-    if same_split and champion.primary_metric == primary_metric and champion.metric_value is not None:
+    same_metric = champion.primary_metric == primary_metric and champion.exclude_seen == exclude_seen
+    if same_split and same_metric and champion.metric_value is not None:
         return champion.metric_value, ""
     if head_to_head is not None and head_to_head.champion_version == champion.version:
         return head_to_head.value, (
             f" [champion re-evaluated on this run's test split; {head_to_head.unknown_targets:,} of its "
             f"{head_to_head.n_targets:,} targets are items it never saw, counted as misses]"
+        )
+    if same_split and champion.exclude_seen != exclude_seen:
+        return None, (
+            f"not comparable: champion v{champion.version} was evaluated with seen items "
+            f"{'excluded' if champion.exclude_seen else 'kept'}, this version with them "
+            f"{'excluded' if exclude_seen else 'kept'}; champion unchanged"
         )
     if same_split:
         return None, f"not comparable: champion v{champion.version} has no {primary_metric}; champion unchanged"
@@ -159,8 +171,10 @@ def decide_alias(
     baselines: dict[str, float] | None = None,
     min_gain: float = 0.0,
     data_warnings: tuple[str, ...] = (),
+    exclude_seen: bool = False,
 ) -> Decision:
-    """Champion or challenger for a candidate with `candidate_value` of `primary_metric`.
+    """Champion or challenger for a candidate with `candidate_value` of `primary_metric`
+    (evaluated with the session's items left out when `exclude_seen`).
 
     - Never champion if it does not beat the popularity baseline on its own test split.
     - Champion if there is no champion yet (or the champion already is this version).
@@ -183,7 +197,7 @@ def decide_alias(
     if champion is None or (candidate_version is not None and champion.version == candidate_version):
         return Decision(CHAMPION, "first version registered: becomes champion" + flagged, None, None, warnings_)
     cv = champion.version
-    cm, basis = _champion_value(primary_metric, split_fingerprint, champion, head_to_head)
+    cm, basis = _champion_value(primary_metric, split_fingerprint, champion, head_to_head, exclude_seen)
     if cm is None:
         return Decision(CHALLENGER, basis + flagged, cv, champion.metric_value, warnings_)
     gain = f" by more than {min_gain:.1%}" if min_gain > 0 else ""
@@ -281,7 +295,8 @@ def pyfunc_signature():
                 ColSpec(DataType.boolean, "fallback"),
             ]
         ),
-        params=ParamSchema([ParamSpec("k", DataType.long, 20), ParamSpec("exclude_seen", DataType.boolean, False)]),
+        # exclude_seen None (not given) = the model's own setting (see tasks/mlflow_model.py)
+        params=ParamSchema([ParamSpec("k", DataType.long, 20), ParamSpec("exclude_seen", DataType.boolean, None)]),
     )
 
 
@@ -417,6 +432,7 @@ def read_champion(client, registry_name: str) -> ChampionInfo | None:
         split_fingerprint=champ.tags.get("split_fingerprint"),
         primary_metric=champ.tags.get("primary_metric"),
         metric_value=_float_or_none(champ.tags.get("primary_metric_value")),
+        exclude_seen=champ.tags.get("exclude_seen") == "true",
     )
 
 
@@ -474,9 +490,11 @@ class Evidence:
     baselines: dict[str, float] | None = None  # every baseline's primary metric
     min_gain: float = 0.0
     data_warnings: tuple[str, ...] = ()  # the data health check's findings
+    exclude_seen: bool = False  # the candidate was evaluated with the session's items left out
 
     def tags(self) -> dict[str, str]:
         tags = {"min_gain": repr(self.min_gain), "baselines": json.dumps(self.baselines or {}, sort_keys=True)}
+        tags["exclude_seen"] = "true" if self.exclude_seen else "false"  # what primary_metric_value was measured with
         if self.head_to_head is not None:
             h = self.head_to_head
             tags |= {
@@ -521,6 +539,7 @@ def _decision_for(
         baselines=evidence.baselines,
         min_gain=evidence.min_gain,
         data_warnings=evidence.data_warnings,
+        exclude_seen=evidence.exclude_seen,
     )
 
 

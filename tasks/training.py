@@ -16,7 +16,8 @@ from tasks.common import RETRY_OPTIONS
 def _training_content(inputs: dict) -> dict:
     # The split by content (its fingerprint covers every file), not by path.
     manifest = json.loads((Path(inputs["split_dir"]) / "manifest.json").read_text(encoding="utf-8"))
-    return {"split": manifest["fingerprint"], "config": json.loads(inputs["config_json"]), "full": inputs["full"]}
+    content = {"split": manifest["fingerprint"], "config": json.loads(inputs["config_json"]), "full": inputs["full"]}
+    return content | {"exclude_seen": inputs.get("exclude_seen", "auto")}  # the default the model records
 
 
 # A retry resumes from the last epoch's checkpoint, so it costs at most one epoch.
@@ -34,14 +35,25 @@ def train_task(
     preset: str,
     use_cache: bool = False,
     cache_scope: str = "",
+    exclude_seen: str = "auto",
 ) -> dict:
-    """Train (resuming from model_dir's checkpoint if a previous attempt was interrupted)."""
+    """Train (resuming from model_dir's checkpoint if a previous attempt was interrupted); the model
+    records ``exclude_seen`` (auto|true|false) resolved on its training data as its default."""
     from gru4rec.config import Gru4RecConfig
     from gru4rec.jobs import train_on_split
 
     cfg = Gru4RecConfig.model_validate_json(config_json)
     reporter = EpochReporter(cfg.train.epochs)
-    summary = train_on_split(split_dir, cfg, model_dir, full=full, preset=preset, resume=True, callbacks=[reporter])
+    summary = train_on_split(
+        split_dir,
+        cfg,
+        model_dir,
+        full=full,
+        preset=preset,
+        resume=True,
+        callbacks=[reporter],
+        exclude_seen=exclude_seen,
+    )
     reporter.finish()
     return summary
 
@@ -87,10 +99,30 @@ class EpochReporter:
 
 
 @task(name="evaluate", **RETRY_OPTIONS, cache_policy=NO_CACHE)
-def evaluate_task(split_dir: str, model_dir: str, ks: list[int], ties: str, baselines: list[str], out: str) -> dict:
+def evaluate_task(
+    split_dir: str,
+    model_dir: str,
+    ks: list[int],
+    ties: str,
+    baselines: list[str],
+    out: str,
+    exclude_seen: str = "false",
+    compare_seen: bool = False,
+) -> dict:
+    """Test metrics with ``exclude_seen`` resolved on the training data (and, with ``compare_seen``,
+    also with the other setting: `gru4rec.jobs.evaluate_on_split`)."""
     from gru4rec.jobs import evaluate_on_split
 
-    return evaluate_on_split(split_dir, model_dir, ks=tuple(ks), ties=ties, baselines=tuple(baselines), out=out)
+    return evaluate_on_split(
+        split_dir,
+        model_dir,
+        ks=tuple(ks),
+        ties=ties,
+        baselines=tuple(baselines),
+        out=out,
+        exclude_seen=exclude_seen,
+        compare_seen=compare_seen,
+    )
 
 
 # Retried like the others: the registration key makes a retry finish or return the version an
@@ -152,6 +184,7 @@ def _evidence(raw: dict | None):
         baselines=raw.get("baselines"),
         min_gain=raw.get("min_gain", 0.0),
         data_warnings=tuple(raw.get("data_warnings", ())),
+        exclude_seen=bool(raw.get("exclude_seen", False)),
     )
 
 
@@ -165,19 +198,28 @@ def find_trained_task(tracking_uri: str, registry_name: str, training_key: str) 
 
 @task(name="evaluate-champion", **RETRY_OPTIONS, cache_policy=NO_CACHE)
 def evaluate_champion_task(
-    split_dir: str, split_fingerprint: str, registry: dict, tracking_uri: str, work_dir: str, ks: list[int], ties: str
+    split_dir: str,
+    split_fingerprint: str,
+    registry: dict,
+    tracking_uri: str,
+    work_dir: str,
+    ks: list[int],
+    ties: str,
+    exclude_seen: bool = False,
 ) -> dict | None:
-    """The current champion on this run's test split, when it was tested on another one (new data);
-    None when there is no champion or it was tested on this same split (its recorded value counts)."""
+    """The current champion on this run's test split, when it was tested on another one (new data) or
+    with the other seen-items setting; None when there is no champion or it was tested on this same
+    split with the same setting (its recorded value counts)."""
     from gru4rec.head_to_head import evaluate_on_new_split
     from tasks.registry import champion_snapshot, download_model_dir
 
     champion = champion_snapshot(tracking_uri, registry["name"])
-    if champion is None or champion["split_fingerprint"] == split_fingerprint:
+    same_setting = bool(champion and champion.get("exclude_seen", False)) == exclude_seen
+    if champion is None or (champion["split_fingerprint"] == split_fingerprint and same_setting):
         return None
     version = champion["version"]
     model_dir = download_model_dir(tracking_uri, registry["name"], version, Path(work_dir) / f"v{version}")
-    report = evaluate_on_new_split(split_dir, model_dir, ks=tuple(ks), ties=ties)
+    report = evaluate_on_new_split(split_dir, model_dir, ks=tuple(ks), ties=ties, exclude_seen=exclude_seen)
     get_run_logger().info(
         "champion v%s on this run's test split: %s = %.4f (%s of %s targets are items it never saw)",
         version,

@@ -215,3 +215,136 @@ def test_training_records_the_decision_and_evaluate_reports_both(tmp_path, kind)
     assert plain["metrics"] == without
     with pytest.raises(ConfigError, match="auto, true, false"):
         evaluate_on_split(split, tmp_path / "m", exclude_seen="sometimes")
+
+
+def _movielens_without_repeats(path):
+    """synthetic_movielens with each (user, item) kept once: ratings, as MovieLens has them."""
+    from tests.synthetic import synthetic_movielens
+
+    synthetic_movielens(path)
+    rows, seen = [], set()
+    for line in path.read_text().splitlines():
+        user, item = line.split("\t")[:2]
+        if (user, item) not in seen:
+            seen.add((user, item))
+            rows.append(line)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_pipeline_records_the_decision_and_the_registered_model_uses_it(prefect_harness, tmp_path):
+    """Through the real flow: auto resolves to 'exclude' on MovieLens-style data; the decision and the
+    share are in the summary, the MLflow run (params, metrics of the other setting) and the version's
+    tags; the registered pyfunc excludes seen items unless asked not to. A second run set to keep
+    them is a new model (not 'nothing to train'), and the champion is re-evaluated with its setting."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from flows.config import EvaluationSettings, PipelineConfig, RegistrySettings, TrainingSettings
+    from flows.training import training_pipeline
+    from gru4rec.data.config import IngestConfig
+    from tasks.registry import embedded_tracking_uri
+
+    src = _movielens_without_repeats(tmp_path / "src" / "u.data")
+    tiny = {"model.layers": "[16]", "train.n_sample": "64", "train.batch_size": "16", "train.epochs": 1}
+    tiny |= {"train.threads": 1, "train.device": "cpu"}
+
+    def config(setting: str) -> PipelineConfig:
+        return PipelineConfig(
+            ingest=IngestConfig(source=str(src)),
+            training=TrainingSettings(preset="gru4rec-xe", overrides=tiny),
+            evaluation=EvaluationSettings(exclude_seen=setting, baselines=["popularity"]),
+            registry=RegistrySettings(name="seen"),
+            workdir=str(tmp_path / "work"),
+        )
+
+    result = training_pipeline(config("auto"))
+    seen = result["seen_items"]
+    assert seen["setting"] == "auto" and seen["exclude_seen"] is True and seen["repeat_share"] == 0.0
+    other = result["metrics_other_seen"]
+    assert other["exclude_seen"] is False and set(other["metrics"]) == set(result["metrics"]) == {
+        "gru4rec",
+        "popularity",
+    }
+    summary = json.loads(
+        (tmp_path / "work" / "runs" / result["run_dir"].rsplit("/", 1)[-1] / "summary.json").read_text()
+    )
+    assert summary["seen_items"]["exclude_seen"] is True
+    model_cfg = json.loads(
+        (tmp_path / "work" / "runs" / result["run_dir"].rsplit("/", 1)[-1] / "model" / "config.json").read_text()
+    )
+    assert model_cfg["extra"]["seen_items"]["exclude_seen"] is True
+
+    uri, _ = embedded_tracking_uri(tmp_path / "work" / "mlflow")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    reg = result["registration"]
+    run = client.get_run(reg["run_id"])
+    assert run.data.params["seen_items.exclude_seen"] == "True" and run.data.params["seen_items.setting"] == "auto"
+    assert run.data.params["seen_items.repeat_share"] == "0.0"
+    assert "incl_seen_recall_at_20" in run.data.metrics
+    assert client.get_model_version("seen", reg["version"]).tags["exclude_seen"] == "true"
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/seen@champion")
+    session = [1, 2, 3]
+    n = 200
+    default = pyfunc.predict(pd.DataFrame({"items": [session]}), params={"k": n}).iloc[0]
+    assert not set(default["items"]) & set(session)
+    kept = pyfunc.predict(pd.DataFrame({"items": [session]}), params={"k": n, "exclude_seen": False}).iloc[0]
+    assert set(session) <= set(kept["items"])
+
+    second = training_pipeline(config("false"))
+    assert second["registration"]["registered"] is True  # another default = another model
+    assert second["seen_items"]["exclude_seen"] is False
+    h2h = second["registration"]["head_to_head"]
+    assert h2h is not None and h2h["champion_version"] == reg["version"]  # re-evaluated with seen items kept
+    assert h2h["value"] == pytest.approx(result["metrics_other_seen"]["metrics"]["gru4rec"]["mrr@20"])
+
+
+def test_cli_evaluate_reports_both_settings_and_recommend_uses_the_models_default(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from gru4rec.jobs import build_config, train_on_split
+    from tests.synthetic import synthetic_split
+
+    split = synthetic_split(tmp_path / "s")  # no repeats: auto excludes
+    train_on_split(split, build_config("gru4rec-xe", TINY, epochs=1, progress=False, threads=1), tmp_path / "m")
+    runner = CliRunner()
+    args = [
+        "evaluate",
+        "--split",
+        str(split),
+        "--model",
+        str(tmp_path / "m"),
+        "--k",
+        "20",
+        "--out",
+        str(tmp_path / "r.json"),
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # titles and the summary line wrap at 80 columns
+    assert "seen items excluded" in text and "seen items kept" in text
+    assert "exclude_seen=auto" in text and "0.00%" in text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["seen_items"]["exclude_seen"] is True and report["metrics_other_seen"]["exclude_seen"] is False
+    for m in (report["metrics"], report["metrics_other_seen"]["metrics"]):  # both tables printed in full
+        assert f"{m['gru4rec']['recall@20']:.4f}" in res.output
+    res = runner.invoke(app, [*args, "--exclude-seen", "false"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["seen_items"]["exclude_seen"] is False
+    res = runner.invoke(app, [*args, "--exclude-seen", "sometimes"])
+    assert res.exit_code == 2
+
+    def recommended(*extra):
+        res = runner.invoke(app, ["recommend", "--model", str(tmp_path / "m"), "--k", "30", *extra, "3", "4"])
+        assert res.exit_code == 0, res.output
+        rows = [[c.strip() for c in line.strip().strip("│").split("│")] for line in res.output.splitlines()]
+        return {r[1] for r in rows if len(r) == 3 and r[0].isdigit()}
+
+    assert not {"3", "4"} & recommended()  # the model's default: excluded
+    assert {"3", "4"} <= recommended("--no-exclude-seen")
