@@ -29,7 +29,7 @@ from gru4rec.errors import DataValidationError
 from gru4rec.io import sha256_file, write_json_atomic
 from gru4rec.jobs import metrics_table, training_key
 from tasks.caching import cached_or_recomputed, listed_files_intact, model_dir_intact
-from tasks.common import RETRY_OPTIONS
+from tasks.common import RETRY_OPTIONS, readable
 from tasks.data import ingest_sources, split_task, validate_task
 from tasks.notify import notify_failure, notify_new_champion
 from tasks.plots import comparison_plot, markdown_image, training_plot
@@ -82,7 +82,7 @@ def _validation_artifact(validation_manifest: Path) -> None:
 
 
 def _rounded(row: dict) -> dict:
-    return {k: (_num(v) if isinstance(v, float) else v) for k, v in row.items()}
+    return {k: (readable(v) if isinstance(v, float) else v) for k, v in row.items()}
 
 
 def _history_artifact(run: RunContext, history: list[dict]) -> Path:
@@ -97,7 +97,7 @@ def _history_artifact(run: RunContext, history: list[dict]) -> Path:
         "",
         markdown_image(png, "loss and validation per epoch"),
         "",
-        f"{len(history)} epochs; last: loss {_num(last['loss'])}, {_num(last['events_per_s'])} events/s. "
+        f"{len(history)} epochs; last: loss {readable(last['loss'])}, {readable(last['events_per_s'])} events/s. "
         f"The PNG is logged to MLflow with the run (`training.png`).",
     ]
     create_markdown_artifact(key="training-chart", markdown="\n".join(lines), description="Training curves (PNG)")
@@ -142,15 +142,15 @@ def _registration_artifact(reg: dict, tracking_uri: str) -> None:
     lines += [
         f"- registered model: **{reg['registry_name']}** version **{reg['version']}** → alias **{reg['alias']}**",
         f"- decision: {reg['decision']}",
-        f"- this version's {metric}: {_num(reg['candidate_metric'])}; champion before"
+        f"- this version's {metric}: {readable(reg['candidate_metric'])}; champion before"
         + (f" (v{reg['champion_version']})" if reg.get("champion_version") else "")
-        + f": {_num(champion) if champion is not None else '—'}",
+        + f": {readable(champion) if champion is not None else '—'}",
     ]
     h2h = reg.get("head_to_head")
     if h2h:
         lines.append(
             f"- head-to-head on this run's test split (fingerprint `{h2h['test_fingerprint'][:12]}`): champion "
-            f"v{h2h['champion_version']} {metric} {_num(h2h['value'])}, {h2h['unknown_targets']:,} of "
+            f"v{h2h['champion_version']} {metric} {readable(h2h['value'])}, {h2h['unknown_targets']:,} of "
             f"{h2h['n_targets']:,} targets are items it never saw (counted as misses)"
         )
     lines += [
@@ -158,15 +158,6 @@ def _registration_artifact(reg: dict, tracking_uri: str) -> None:
         f'- load it: `mlflow.pyfunc.load_model("models:/{reg["registry_name"]}@{reg["alias"]}")`',
     ]
     create_markdown_artifact(key="registration", markdown="\n".join(lines), description="MLflow registry decision")
-
-
-def _num(value: float | None) -> str:
-    """4 significant digits, thousands separators: 12,086 / 0.03068."""
-    if value is None:
-        return "—"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.4g}"
 
 
 @dataclass
@@ -334,7 +325,12 @@ def _health_artifact(health: dict) -> None:
         create_markdown_artifact(key="data-health", markdown=md, description="Data compared with the champion's")
         return
     rows = [
-        {"measure": name, f"champion v{v}": _num(before), "this run": _num(now), "change": f"{_change(now, before)}"}
+        {
+            "measure": name,
+            f"champion v{v}": readable(before),
+            "this run": readable(now),
+            "change": f"{_change(now, before)}",
+        }
         for name, (before, now) in health["sizes"].items()
     ]
     rows += [
@@ -343,11 +339,13 @@ def _health_artifact(health: dict) -> None:
             "this run": f"{health['new_items']:,} ({health['new_item_share']:.1%})",
         },
         {"measure": "events on new items", "this run": f"{health['new_item_event_share']:.1%}"},
-        {"measure": "item popularity shift (JS divergence)", "this run": _num(health["popularity_shift"])},
-        {"measure": "session-length shift (JS divergence)", "this run": _num(health.get("session_length_shift"))},
+        {"measure": "item popularity shift (JS divergence)", "this run": readable(health["popularity_shift"])},
+        {"measure": "session-length shift (JS divergence)", "this run": readable(health.get("session_length_shift"))},
     ]
     mean_before, mean_now = health["session_length_mean"]
-    rows.append({"measure": "mean session length", f"champion v{v}": _num(mean_before), "this run": _num(mean_now)})
+    rows.append(
+        {"measure": "mean session length", f"champion v{v}": readable(mean_before), "this run": readable(mean_now)}
+    )
     warned = "; ".join(health["warnings"]) or "none"
     create_table_artifact(
         key="data-health", table=rows, description=f"Data compared with champion v{v}'s. Warnings: {warned}"

@@ -1,9 +1,10 @@
-"""Retry policy shared by the pipeline's tasks: retry transient failures only.
-
-Which failures are transient is decided in one place, `gru4rec.errors.is_transient`.
+"""What the pipeline's tasks share: the retry policy (retry transient failures only; which failures
+are transient is decided in one place, `gru4rec.errors.is_transient`) and how numbers are shown.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prefect.tasks import exponential_backoff
 
@@ -29,3 +30,15 @@ RETRY_OPTIONS = dict(
     retry_jitter_factor=RETRY_JITTER,
     retry_condition_fn=retry_transient_only,
 )
+
+
+def readable(value: Any) -> str:
+    """A number for people (logs, artifacts, messages): 4 significant digits, trailing zeros kept so
+    a column lines up (7.000, 0.03068), thousands separators from 1,000 on (12,086); None → "—"."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if abs(value) >= 1000 or isinstance(value, int):
+        return f"{value:,.0f}"
+    return f"{value:#.4g}"

@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.common import readable
+
 CHAMPION_EVENT = "gru4rec.model.champion"
 FAILURE_EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed")
 PIPELINE_FLOWS = ("training_pipeline", "prepare_data")
@@ -181,14 +183,10 @@ def _current_flow_run() -> dict:
     return {}
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def _describe(values: Mapping[str, Any] | Any) -> str:
     if isinstance(values, Mapping):
-        return ", ".join(f"{k} {_fmt(v)}" for k, v in values.items())
-    return _fmt(values)
+        return ", ".join(f"{k} {readable(v)}" for k, v in values.items())
+    return readable(values)
 
 
 def notify_new_champion(

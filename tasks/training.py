@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.caching import ContentKey
-from tasks.common import RETRY_OPTIONS
+from tasks.common import RETRY_OPTIONS, readable
 
 
 def _training_content(inputs: dict) -> dict:
@@ -58,10 +58,6 @@ def train_task(
     return summary
 
 
-def _fmt(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-
-
 class EpochReporter:
     """After each epoch: a log line in the flow run (loss, events/s, validation metrics) and the
     Prefect progress artifact moved on, so the UI shows a training while it runs."""
@@ -79,15 +75,17 @@ class EpochReporter:
         from prefect.artifacts import update_progress_artifact
 
         valid = ", ".join(
-            f"{k.removeprefix('valid_')} {_fmt(v)}" for k, v in record.items() if k.startswith("valid_") and "@" in k
+            f"{k.removeprefix('valid_')} {readable(v)}"
+            for k, v in record.items()
+            if k.startswith("valid_") and "@" in k
         )
         self.logger.info(
             "epoch %d/%d: loss %s, %s events/s, %s s%s",
             record["epoch"],
             self.epochs,
-            _fmt(record["loss"]),
-            _fmt(record["events_per_s"]),
-            _fmt(record["seconds"]),
+            readable(record["loss"]),
+            readable(record["events_per_s"]),
+            readable(record["seconds"]),
             f"; validation {valid}" if valid else "",
         )
         update_progress_artifact(self.artifact, progress=100.0 * record["epoch"] / self.epochs)

@@ -294,7 +294,7 @@ def test_server_automations_notify_a_new_champion_and_a_failed_run(automation_se
     (request,) = receiver.wait(1, timeout=120)
     assert request["path"] == "/auto"
     assert request["body"]["subject"] == "gru4rec: gru4rec-ml1m version 3 is the new champion"
-    assert "It replaces version 2, mrr@20 0.19" in request["body"]["body"]
+    assert "It replaces version 2, mrr@20 0.1900" in request["body"]["body"]
 
     script = subprocess.run(
         [sys.executable, "-c", FAILING_PREPARE_SCRIPT, str(tmp_path / "missing.csv"), str(tmp_path / "out")],
