@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_options import deep_update, options_for, with_options
-from flows.config import EvaluationSettings, PipelineConfig, PrepareConfig, TrainingSettings
+from flows.config import EvaluationSettings, PipelineConfig, PrepareConfig, TrainingSettings, TuningConfig
 from flows.ops_cli import register as register_operations
 from gru4rec.config import Gru4RecConfig
 from gru4rec.device import DeviceName
@@ -197,6 +197,7 @@ PIPELINE_OPTIONS = options_for(
     | {f"ingest.columns.{c}": f"col-{c}" for c in COLUMN_ROLES},
 )
 EVALUATION_OPTIONS = options_for(EvaluationSettings, rename={"ks": "k"})
+TUNING_OPTIONS = options_for(TuningConfig, rename={"split_dir": "split", "out_dir": "out"})
 
 
 def _read_config_file(path: Path | None) -> dict:
@@ -333,6 +334,9 @@ def train(
     split: Annotated[Path, typer.Option(help="Split directory written by `prepare`.")],
     out: Annotated[Path, typer.Option(help="Model directory to write.")],
     preset: PresetOption = None,
+    preset_file: Annotated[
+        Path | None, typer.Option(help="Start from a preset file (e.g. `tune`'s best_preset.json) instead of --preset.")
+    ] = None,
     set_: SetOption = None,
     full: Annotated[bool, typer.Option("--full", help="Train on train+valid (no validation).")] = False,
     resume: Annotated[
@@ -349,12 +353,17 @@ def train(
 ) -> None:
     """Train GRU4Rec on an existing split directory; writes weights, config, items and history.json."""
     from gru4rec.jobs import train_on_split
-    from gru4rec.presets import get_preset
+    from gru4rec.presets import get_preset, load_preset_file
 
     hyper, _ = _split_hyperparameters(given)
+    if preset and preset_file:
+        _fail("give --preset or --preset-file, not both")
     preset = preset or TrainingSettings.model_fields["preset"].default
     try:
-        cfg = get_preset(preset, _overrides(set_, hyper))
+        if preset_file:
+            cfg, preset = load_preset_file(preset_file, _overrides(set_, hyper)), str(preset_file)
+        else:
+            cfg = get_preset(preset, _overrides(set_, hyper))
         summary = train_on_split(split, cfg, out, full=full, resume=resume, preset=preset, overwrite=overwrite)
     except PipelineError as e:
         _fail(str(e))
@@ -631,6 +640,56 @@ def rollback(
     from tasks.registry import rollback as rollback_champion
 
     _move_alias(rollback_champion, tracking_uri, workdir, model, reason=reason, to=to)
+
+
+@app.command()
+@with_options(TUNING_OPTIONS)
+def tune(
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Keep a setting fixed (not searched), by dotted key: model.KEY=VALUE or train.KEY=VALUE."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file with a TuningConfig; options given here override it.")
+    ] = None,
+    *,
+    given: dict,
+) -> None:
+    """Hyperparameter search (Optuna, trials in parallel on Dask): writes the best configuration as a preset file."""
+    data = deep_update(_read_config_file(config), given)
+    fixed = _overrides(set_, {})
+    if fixed:
+        data["overrides"] = {**data.get("overrides", {}), **fixed}
+    cfg = _validated(TuningConfig, data)
+    _prefect_env()
+    from flows.tuning import hyperparameter_search
+
+    result = _run_flow(hyperparameter_search, cfg)
+    print_tuning_summary(result)
+
+
+def print_tuning_summary(result: dict) -> None:
+    states = ", ".join(f"{n} {s.lower()}" for s, n in result["states"].items())
+    console.print(
+        f"study {result['study_name']} ({result['storage']}): {result['n_trials']} trials ({states}); "
+        f"{result['trials_this_run']} run now in {result['seconds']:.0f} s",
+        highlight=False,
+        soft_wrap=True,
+    )
+    best = result["best"]
+    if best is None:
+        console.print("[yellow]no trial finished: no preset written[/yellow]")
+        return
+    table = Table(title=f"Best: trial {best['trial']}, validation {result['metric']} {best['value']:.4f}")
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    for key, value in best["overrides"].items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.add_row("train.epochs", str(best["best_epoch"]))
+    console.print(table)
+    console.print(f"preset file: {result['best_preset']}  (train --preset-file / run --preset-file)", highlight=False)
 
 
 register_operations(app)  # deploy, schedule pause|resume|status, notify test (flows/ops_cli.py)

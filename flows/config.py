@@ -10,7 +10,7 @@ dotted key, so a setting such as the seed or the device exists in exactly one pl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,7 +20,7 @@ from gru4rec.data.config import IngestConfig, SplitConfig
 from gru4rec.data.health import HealthThresholds
 from gru4rec.errors import ConfigError
 from gru4rec.evaluate import Ties, check_metric_name
-from gru4rec.presets import PresetName, get_preset
+from gru4rec.presets import PresetName, get_preset, load_preset_file
 from gru4rec.seen import ExcludeSeen, normalise_setting
 from tasks.notify import NotificationSettings
 from tasks.validation import ValidationConfig
@@ -44,9 +44,16 @@ class TrainingSettings(_Strict):
         '"train.device": "cpu", "model.layers": [200]} (keys: model.* and train.*, see the README).',
     )
     full: bool = Field(default=True, description="Train the registered model on train+valid (validation unused).")
+    preset_file: str | None = Field(
+        default=None,
+        description="A preset file (JSON/YAML, e.g. the best_preset.json of `tune`) to start from instead of the "
+        "named preset; the overrides still apply.",
+    )
 
     def gru4rec_config(self) -> Gru4RecConfig:
-        """The preset with the overrides applied (a ConfigError names a bad key or value)."""
+        """The preset (or preset file) with the overrides applied (a ConfigError names a bad key or value)."""
+        if self.preset_file:
+            return load_preset_file(self.preset_file, self.overrides)
         return get_preset(self.preset, self.overrides)
 
     @model_validator(mode="after")
@@ -145,3 +152,99 @@ class PrepareConfig(_Strict):
     @classmethod
     def _out_dir(cls, v: str) -> str:
         return _not_a_file(v, "out_dir")
+
+
+class SearchSettings(_Strict):
+    """How the Optuna study searches (`flows.tuning.hyperparameter_search`)."""
+
+    n_trials: int = Field(default=20, ge=1, description="Trials of the study in all (a resumed search runs the rest).")
+    timeout_minutes: float | None = Field(
+        default=None, gt=0, description="Start no trial after this many minutes (running ones finish); none = no limit."
+    )
+    metric: str = Field(
+        default="mrr@20", description="Validation metric optimised; a trial's value is its best epoch's."
+    )
+    direction: Literal["maximize", "minimize"] = Field(default="maximize", description="Optimisation direction.")
+    epochs: int = Field(default=5, ge=1, description="Training epochs of each trial.")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the TPE sampler.")
+    startup_trials: int = Field(default=5, ge=0, description="Random trials before TPE models the results.")
+    pruner: Literal["median", "none"] = Field(
+        default="median", description="Stop a trial whose validation metric after an epoch is below the median."
+    )
+    prune_after_trials: int = Field(default=2, ge=0, description="Finished trials before any trial is pruned.")
+    prune_warmup_epochs: int = Field(default=0, ge=0, description="Epochs of every trial that are never pruned.")
+    storage: str | None = Field(
+        default=None,
+        description="Optuna storage: any SQLAlchemy database URL (postgresql://…, mysql://…); "
+        "none = SQLite file study.db in the output directory.",
+    )
+    study_name: str | None = Field(
+        default=None, description="Study name in the storage; none = <preset>-<split fingerprint>."
+    )
+    heartbeat_seconds: int = Field(
+        default=10,
+        ge=1,
+        description="A running trial records a heartbeat this often; one silent for 3 times as long (a killed "
+        "search) is failed and queued again.",
+    )
+
+
+class DaskSettings(_Strict):
+    """Where the trials run: a local Dask cluster (default) or an existing one."""
+
+    n_workers: int = Field(
+        default=2, ge=1, description="Trials run at once: the local cluster's workers (one trial each)."
+    )
+    address: str | None = Field(
+        default=None,
+        description="Scheduler address of an existing Dask cluster (tcp://host:8786) instead of a local one; its "
+        "workers need this project installed, the data paths and PREFECT_API_URL.",
+    )
+    torch_threads: int = Field(default=1, ge=1, description="torch threads of each trial.")
+
+
+class TuningConfig(_Strict):
+    """Everything `tune` (the `hyperparameter_search` flow) needs."""
+
+    split_dir: str = Field(
+        default="runs/prepare",
+        description="Split directory written by `prepare`: trained on train, judged on valid (test never read).",
+    )
+    preset: PresetName = Field(
+        default="gru4rec-xe", description="Base configuration; its loss picks the search space (bpr-max or XE)."
+    )
+    preset_file: str | None = Field(default=None, description="A preset file to start from instead of the preset.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Fixed settings by dotted key (not searched), e.g. {"train.device": "cpu", "model.layers": [100]}.',
+    )
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    dask: DaskSettings = Field(default_factory=DaskSettings)
+    out_dir: str = Field(
+        default="runs/tuning", description="Study database, plots, trials table and the best preset go here."
+    )
+    best_preset: str | None = Field(
+        default=None, description="Where the best configuration is written (JSON/YAML); none = <out>/best_preset.json."
+    )
+
+    def base_config(self) -> Gru4RecConfig:
+        """The starting configuration with the fixed overrides and the metric as early-stopping metric."""
+        overrides = {**self.overrides, "train.early_stopping_metric": self.search.metric}
+        if self.preset_file:
+            return load_preset_file(self.preset_file, overrides)
+        return get_preset(self.preset, overrides)
+
+    @field_validator("out_dir")
+    @classmethod
+    def _out_dir(cls, v: str) -> str:
+        return _not_a_file(v, "out_dir")
+
+    @model_validator(mode="after")
+    def _valid(self) -> TuningConfig:
+        from gru4rec.tuning import search_space
+
+        try:
+            search_space(self.base_config().train.loss)  # the metric, the overrides and the loss, checked now
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -102,3 +103,60 @@ def get_preset(name: str, overrides: Mapping[str, Any] | None = None) -> Gru4Rec
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     return apply_overrides(PRESETS[name], overrides or {})
+
+
+# ------------------------------------------------------------------------------------------------
+# preset files: a full configuration in a file (the hyperparameter search writes its best one so)
+
+PRESET_FILE_FORMAT = "gru4rec-preset/1"
+
+
+def _read_structured(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml  # a Prefect dependency; only needed for YAML preset files
+
+        return yaml.safe_load(text)
+    return json.loads(text)
+
+
+def read_preset_file(path: str | Path) -> dict[str, Any]:
+    """The preset file's content: ``{"format", "name", "config": {"model", "train"}, ...}`` (JSON or YAML)."""
+    path = Path(path).expanduser()
+    try:
+        data = _read_structured(path)
+    except Exception as e:  # a missing/unreadable file, bad JSON, bad YAML (yaml.YAMLError)
+        raise ConfigError(f"cannot read preset file {path}: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise ConfigError(
+            f"preset file {path} must hold an object with a 'config' of 'model' and 'train' settings "
+            f"(format {PRESET_FILE_FORMAT}, as `gru4rec-pipeline tune` writes it)"
+        )
+    return data
+
+
+def load_preset_file(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Gru4RecConfig:
+    """The configuration of a preset file, with dotted-key overrides applied like `get_preset`'s."""
+    data = read_preset_file(path)
+    try:
+        return apply_overrides(data["config"], overrides or {})
+    except ConfigError as e:
+        raise ConfigError(f"preset file {path}: {e}") from None
+
+
+def write_preset_file(path: str | Path, cfg: Gru4RecConfig, name: str, **extra: Any) -> Path:
+    """Write ``cfg`` as a preset file (JSON, or YAML for a .yaml/.yml name); ``extra`` is kept beside it."""
+    from gru4rec.io import atomic_path
+
+    path = Path(path).expanduser()
+    data = {"format": PRESET_FILE_FORMAT, "name": name, "config": cfg.model_dump(mode="json"), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path

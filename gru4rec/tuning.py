@@ -1,0 +1,118 @@
+"""Hyperparameter search spaces of GRU4Rec, per loss, and the tuned preset they lead to.
+
+The ranges are those of Hidasi & Karatzoglou (2018) and of the authors' parameter-optimisation
+spaces for their PyTorch GRU4Rec: one GRU layer of 64–512 units, batch 32–256, embedding dropout
+0–0.5, hidden dropout 0–0.7, learning rate 0.01–0.3 (log scale), Adagrad momentum 0–0.9,
+0–4096 shared negatives drawn ∝ popularity^alpha with alpha 0–1; for BPR-max the score
+regularisation 0–2 and the final activation (linear, ELU 0.5 or ELU 1); for cross-entropy the
+logQ correction 0–1 (softmax is its final activation). Everything else — the embedding (constrained),
+the optimiser (Adagrad) — comes from the base preset.
+
+A space is plain data (`SEARCH_SPACES`); `suggest_overrides(trial, loss)` asks any object with
+Optuna's ``suggest_int`` / ``suggest_float`` / ``suggest_categorical`` for one value of each and
+returns dotted preset overrides (``{"train.lr": 0.07, "model.layers": [224], ...}``). This module
+imports neither Optuna nor anything of the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from gru4rec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched setting: ``kind`` is "int", "float" or "categorical"."""
+
+    key: str  # dotted preset key, e.g. "train.lr"
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def name(self) -> str:  # the Optuna parameter name: the setting without its section
+        return self.key.split(".", 1)[1]
+
+    def describe(self) -> str:
+        if self.kind == "categorical":
+            return "{" + ", ".join(map(str, self.choices)) + "}"
+        text = f"{self.low:g}–{self.high:g}"
+        if self.log:
+            text += " (log)"
+        elif self.step:
+            text += f" step {self.step:g}"
+        return text
+
+
+_COMMON = (
+    Param("model.layers", "int", 64, 512, step=32),  # units of the one GRU layer
+    Param("train.batch_size", "int", 32, 256, step=16),
+    Param("model.dropout_embedding", "float", 0.0, 0.5, step=0.05),
+    Param("model.dropout_hidden", "float", 0.0, 0.7, step=0.05),
+    Param("train.lr", "float", 0.01, 0.3, log=True),
+    Param("train.momentum", "float", 0.0, 0.9, step=0.05),
+    Param("train.n_sample", "categorical", choices=(0, 512, 1024, 2048, 4096)),
+    Param("train.sample_alpha", "float", 0.0, 1.0, step=0.1),
+)
+
+SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
+    "bpr-max": _COMMON
+    + (
+        Param("train.bpreg", "float", 0.0, 2.0, step=0.05),
+        Param("train.elu", "categorical", choices=(0.0, 0.5, 1.0)),  # final activation: linear / ELU(0.5) / ELU(1)
+    ),
+    "cross-entropy": _COMMON + (Param("train.logq", "float", 0.0, 1.0, step=0.05),),
+}
+
+
+def search_space(loss: str) -> tuple[Param, ...]:
+    if loss not in SEARCH_SPACES:
+        raise ConfigError(f"no search space for loss {loss!r}; spaces exist for: {', '.join(SEARCH_SPACES)}")
+    return SEARCH_SPACES[loss]
+
+
+def _suggest(trial: Any, p: Param) -> Any:
+    if p.kind == "int":
+        return trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    if p.kind == "float":
+        if p.log:
+            return trial.suggest_float(p.name, p.low, p.high, log=True)
+        return trial.suggest_float(p.name, p.low, p.high, step=p.step)
+    return trial.suggest_categorical(p.name, list(p.choices))
+
+
+def _value(p: Param, value: Any) -> Any:
+    """A sampled value as the setting takes it: one layer as a list; a float on a grid as 0.7, not
+    0.7000000000000001 (which Optuna returns and stores)."""
+    if p.key == "model.layers":
+        return [int(value)]
+    if p.kind == "float" and p.step:
+        return round(float(value), 10)
+    return value
+
+
+def suggest_overrides(trial: Any, loss: str, fixed: Iterable[str] = ()) -> dict[str, Any]:
+    """One sample of the loss's space as dotted preset overrides (model.layers as a one-layer list);
+    the keys in ``fixed`` (settings the search keeps as given) are neither sampled nor returned."""
+    fixed = set(fixed)
+    overrides: dict[str, Any] = {}
+    for p in search_space(loss):
+        if p.key in fixed:
+            continue
+        overrides[p.key] = _value(p, _suggest(trial, p))
+    return overrides
+
+
+def overrides_from_params(params: dict[str, Any], loss: str) -> dict[str, Any]:
+    """Optuna's stored params of a trial (names without section) back to dotted overrides."""
+    out = {}
+    for p in search_space(loss):
+        if p.name in params:
+            out[p.key] = _value(p, params[p.name])
+    return out
