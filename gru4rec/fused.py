@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from gru4rec.losses import compute_loss, cross_entropy_and_grad, sampled_columns
+from gru4rec.losses import bpr_max_and_grad, compute_loss, cross_entropy_and_grad, sampled_columns
 from gru4rec.model import GRU4Rec
 from gru4rec.optim import RowTable, TableRows, coalesce_rows
 
@@ -260,9 +260,12 @@ class FusedStep:
             pos = inv[:B]
             if self.loss == "cross-entropy":
                 loss, ds = self._sampled_cross_entropy(s, pos, targets, negatives, inv_c, uniq.shape[0])
+            elif self.loss == "bpr-max":  # closed form on the distinct columns, weighted by count
+                log_count = inv_c.bincount(minlength=uniq.shape[0]).to(s.dtype).log_()
+                loss, ds = bpr_max_and_grad(s, pos, log_count, bpreg=self.bpreg, elu=self.elu)
             else:
-                # Ranking losses: expand to the B × M candidate layout, autograd on the scores only,
-                # fold the gradient back onto the distinct columns.
+                # Other ranking losses: expand to the B × M candidate layout, autograd on the scores
+                # only, fold the gradient back onto the distinct columns.
                 _, exclude = sampled_columns(targets, negatives)
                 s_m = s.index_select(1, inv_c)
                 loss, ds_m = self._scores_grad(s_m, None, exclude, None)

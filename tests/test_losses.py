@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from gru4rec.losses import LOSSES, compute_loss, cross_entropy_and_grad, item_log_q, sampled_columns
+from gru4rec.losses import (
+    LOSSES,
+    bpr_max_and_grad,
+    compute_loss,
+    cross_entropy_and_grad,
+    item_log_q,
+    sampled_columns,
+)
 
 
 def sig(x):
@@ -135,6 +142,39 @@ def test_cross_entropy_closed_form_gradient(full):
     loss2, grad = cross_entropy_and_grad(scores.detach(), pos=pos, exclude=exclude, log_q=log_q, logq=1.0)
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-12)
     assert torch.allclose(grad, scores.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("elu", [0.0, 0.5])
+@pytest.mark.parametrize("case", ["sampled", "in-batch", "all-one-target", "input-only-columns", "large-scores"])
+def test_bpr_max_closed_form_on_distinct_columns(case, elu):
+    # The fused step's BPR-max: one column per distinct candidate item, weighted by how often it
+    # occurs, against compute_loss + autograd on the full B x M layout folded onto those columns.
+    g = torch.Generator().manual_seed(7)
+    B, n_items = 6, 7
+    targets = torch.randint(0, n_items, (B,), generator=g)
+    negs = None if case in ("in-batch", "all-one-target") else torch.randint(0, n_items, (9,), generator=g)
+    if case == "all-one-target":  # no row has a negative: loss and gradient 0
+        targets[:] = 3
+    cols, exclude = sampled_columns(targets, negs)
+    items = torch.cat([cols, torch.tensor([n_items, n_items + 1])]) if case == "input-only-columns" else cols
+    uniq, inv = torch.unique(items, return_inverse=True)
+    inv_c = inv[: len(cols)]
+    scale = 30.0 if case == "large-scores" else 2.0
+    s = torch.randn(B, len(uniq), generator=g, dtype=torch.float64) * scale
+    s_m = s.index_select(1, inv_c).requires_grad_(True)
+    want = compute_loss(s_m, "bpr-max", exclude=exclude, bpreg=1.95, elu=elu)
+    want.backward()
+    want_grad = torch.zeros_like(s).index_add_(1, inv_c, s_m.grad)
+    if case == "all-one-target":  # autograd through the all -inf masked softmax gives NaN there
+        want_grad = torch.zeros_like(s)
+    log_count = inv_c.bincount(minlength=len(uniq)).to(s.dtype).log()  # 0 -> -inf: no candidate
+    loss, grad = bpr_max_and_grad(s.clone(), inv_c[:B], log_count, bpreg=1.95, elu=elu)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-10, abs=1e-12)
+    assert torch.allclose(grad, want_grad, atol=1e-10)
+    assert torch.isfinite(grad).all()
+    f32_loss, f32_grad = bpr_max_and_grad(s.float(), inv_c[:B], log_count.float(), bpreg=1.95, elu=elu)
+    assert f32_loss.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-6)
+    assert torch.allclose(f32_grad.double(), want_grad, atol=1e-5)
 
 
 def test_item_log_q():

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 import torch
 
+from gru4rec import fused
 from gru4rec.batching import build_schedule, iterate
 from gru4rec.config import Gru4RecConfig
 from gru4rec.data.split_dir import SessionArrays, Split, session_arrays
@@ -449,6 +450,37 @@ def test_fused_and_autograd_engines_train_alike(tmp_path, embedding, loss, n_sam
     cfg.model.embedding, cfg.model.dropout_embedding, cfg.model.dropout_hidden = embedding, 0.0, 0.0
     a = train(split, cfg, tmp_path / "fused", engine="fused")
     b = train(split, cfg, tmp_path / "autograd", engine="autograd")
+    assert a.history[-1]["loss"] < a.history[0]["loss"]
+    for x, y in zip(a.history, b.history):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+
+def _bpr_max_by_autograd(s, pos, log_count, *, bpreg, elu):
+    """The plain reference of `bpr_max_and_grad`: every distinct column repeated as often as its item
+    is a candidate, `compute_loss` with the duplicate-of-positive mask, autograd, folded back."""
+    with torch.inference_mode(False), torch.enable_grad():  # the fused step runs in inference mode
+        s, pos, count = s.clone(), pos.clone(), log_count.exp().round().long()
+        cols = torch.repeat_interleave(torch.arange(len(count)), count)
+        first = torch.searchsorted(cols, pos)  # row i's positive: the first column of its target
+        exclude = cols.unsqueeze(0) == pos.unsqueeze(1)
+        exclude[torch.arange(len(pos)), first] = False
+        s_m = s.index_select(1, cols).requires_grad_(True)
+        loss = compute_loss(s_m, "bpr-max", pos=first, exclude=exclude, bpreg=bpreg, elu=elu)
+        loss.backward()
+    return loss.detach(), torch.zeros_like(s).index_add_(1, cols, s_m.grad)
+
+
+def test_fused_bpr_max_trains_like_the_plain_reference(tmp_path, monkeypatch):
+    # The closed-form BPR-max of the fused step against the plain formula with autograd, through
+    # real training (dropout, Adagrad with momentum, ELU, bpreg; same masks and samples): the same
+    # losses and weights up to float rounding.
+    split = make_split(tmp_path)
+    cfg = cfg_small(epochs=2, loss="bpr-max", n_sample=4, momentum=0.4, bpreg=1.95, elu=0.5)
+    a = train(split, cfg, tmp_path / "closed-form", engine="fused")
+    monkeypatch.setattr(fused, "bpr_max_and_grad", _bpr_max_by_autograd)
+    b = train(split, cfg, tmp_path / "reference", engine="fused")
     assert a.history[-1]["loss"] < a.history[0]["loss"]
     for x, y in zip(a.history, b.history):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
