@@ -3,7 +3,7 @@
     python -m flows.serve [--timezone Europe/Berlin]   # PREFECT_API_URL pointing at `prefect server start`
 
 The same deployments as infra/prefect.yaml: a nightly MovieLens-1M retrain, an on-demand
-training run and batch recommendation; trigger them from the UI's Run button or with
+training run, batch recommendation and the hyperparameter search; trigger them from the UI's Run button or with
 `prefect deployment run 'training_pipeline/on-demand' --param ...`.
 """
 
@@ -19,6 +19,7 @@ from prefect.client.schemas.schedules import CronSchedule
 
 from flows.batch import batch_recommend
 from flows.training import training_pipeline
+from flows.tuning import hyperparameter_search
 
 NIGHTLY_MODEL = "gru4rec-ml1m"  # trained by the nightly deployment, served by batch-recommend
 PREFECT_FILE = Path(__file__).resolve().parents[1] / "infra" / "prefect.yaml"
@@ -45,7 +46,8 @@ def deployments(timezone: str | None = None):
     batch = batch_recommend.to_deployment(
         name="batch-recommend", tags=["gru4rec", "inference"], parameters={"model_name": NIGHTLY_MODEL}
     )
-    return [nightly, on_demand, batch]
+    tune = hyperparameter_search.to_deployment(name="tune", tags=["gru4rec", "tuning"])
+    return [nightly, on_demand, batch, tune]
 
 
 if __name__ == "__main__":

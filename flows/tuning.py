@@ -125,9 +125,15 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
     runner = t.dask_task_runner(d.n_workers, d.address, d.torch_threads, _api_url())
     storage = t.open_storage(spec["storage"], spec["heartbeat_seconds"])
     results: list[dict] = []
-    in_flight: dict = {}  # future -> trial number
+    in_flight: dict = {}  # future -> trial id
+    last_beat = 0.0
     with runner:
         while True:
+            if time.monotonic() - last_beat >= spec["heartbeat_seconds"]:
+                # The flow beats for its trials too: one queued on a worker that is still starting is not stale.
+                for trial_id in in_flight.values():
+                    storage.record_heartbeat(trial_id)
+                last_beat = time.monotonic()
             t.fail_stale(study)
             counted, running = t.counted_trials(study)
             out_of_time = deadline is not None and time.monotonic() >= deadline
@@ -149,12 +155,14 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
                         "work_dir": str(out / "trials"),
                     },
                 )
-                in_flight[future] = trial.number
+                in_flight[future] = trial._trial_id
                 logger.info("trial %d started: %s", trial.number, tuned)
                 continue
             if not in_flight:
-                if counted < s.n_trials and running and not out_of_time:
-                    time.sleep(spec["heartbeat_seconds"])  # trials of another search: wait until they end
+                if running and not out_of_time:
+                    # Trials of another process: a search running beside this one (they end), or a killed
+                    # one (they go stale, are queued again and run here). Either way the study completes.
+                    time.sleep(spec["heartbeat_seconds"])
                     continue
                 break
             finished = [f for f in in_flight if f.wrapped_future.done()]
@@ -162,10 +170,11 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
                 time.sleep(POLL_SECONDS)
                 continue
             for future in finished:
-                number = in_flight.pop(future)
+                trial_id = in_flight.pop(future)
                 try:
                     results.append(future.result())
                 except Exception as e:  # the trial told the study FAIL itself; the search goes on
+                    number = storage.get_trial(trial_id).number
                     logger.error("trial %d failed: %s", number, e)
                     results.append({"number": number, "state": "FAIL", "error": str(e)})
     return results

@@ -94,15 +94,18 @@ def open_study(spec: dict, identity: dict):
     from gru4rec.errors import ConfigError
 
     storage = open_storage(spec["storage"], spec["heartbeat_seconds"])
-    sampler = optuna.samplers.TPESampler(seed=spec["seed"], n_startup_trials=spec["startup_trials"])
     study = optuna.create_study(
         study_name=spec["study_name"],
         storage=storage,
-        sampler=sampler,
         pruner=make_pruner(spec),
         direction=spec["direction"],
         load_if_exists=True,
     )
+    # Seeded, and on a resumed study seeded past what it holds: the same seed in a new process would
+    # propose the killed search's random startup trials once more.
+    seed = spec["seed"] + len(study.get_trials(deepcopy=False))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec["startup_trials"])
+    study = load_study(spec, sampler=sampler)
     stored = study.user_attrs.get("identity")
     if stored is None:
         study.set_user_attr("identity", identity)
