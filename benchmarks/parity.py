@@ -53,16 +53,18 @@ def run_ours(split: Path, preset: str, seed: int, overrides: dict) -> dict:
                 recall20=m["recall@20"], mrr20=m["mrr@20"], n_targets=m["n_targets"], train_seconds=seconds)  # fmt: skip
 
 
-def run_authors(split: Path, ref: Path, preset: str, seed: int, epochs: int) -> dict:
-    import numpy as np
+def authors_module(ref: Path):
+    """The authors' ``gru4rec_pytorch`` and ``evaluation`` modules from the checkout ``ref``, with
+    the shims current NumPy/pandas/torch need (their code is not changed or copied)."""
     import pandas as pd
-    import polars as pl
     import torch
 
     sys.path.insert(0, str(ref))
     import evaluation  # the authors' modules
     import gru4rec_pytorch as authors
 
+    if getattr(authors, "_shimmed", False):
+        return authors, evaluation
     # NumPy 2 makes float32 * float64-scalar float64; their initialisation assumed NumPy 1 (float32).
     init = authors.GRU4RecModel._init_numpy_weights
     authors.GRU4RecModel._init_numpy_weights = lambda self, shape: init(self, shape).astype("float32")
@@ -76,15 +78,29 @@ def run_authors(split: Path, ref: Path, preset: str, seed: int, epochs: int) -> 
             return torch.tensor(x.values if isinstance(x, pd.Series) else x, *a, **k)
 
     authors.torch = _Torch()
+    authors._shimmed = True
+    return authors, evaluation
+
+
+def authors_events(split: Path, name: str):
+    """Our split's ``name`` events as the DataFrame the authors' code reads."""
+    import pandas as pd
+    import polars as pl
+
+    d = pl.read_parquet(split / f"{name}.parquet").to_pandas()
+    return pd.DataFrame({"SessionId": d.session_id, "ItemId": d.item_id.astype(str), "Time": d.timestamp // 1000})
+
+
+def run_authors(split: Path, ref: Path, preset: str, seed: int, epochs: int) -> dict:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    authors, evaluation = authors_module(ref)
     torch.manual_seed(seed)
     np.random.seed(seed)
-
-    def events(name: str) -> pd.DataFrame:
-        d = pl.read_parquet(split / f"{name}.parquet").to_pandas()
-        return pd.DataFrame({"SessionId": d.session_id, "ItemId": d.item_id.astype(str), "Time": d.timestamp // 1000})
-
-    train = pd.concat([events("train"), events("valid")], ignore_index=True)
-    test = events("test")
+    train = pd.concat([authors_events(split, "train"), authors_events(split, "valid")], ignore_index=True)
+    test = authors_events(split, "test")
     gru = authors.GRU4Rec(device=torch.device("cpu"), n_epochs=epochs, **AUTHORS[preset])
     t = time.perf_counter()
     gru.fit(train)
