@@ -242,6 +242,34 @@ def test_flow_runs_trials_on_two_dask_workers(prefect_harness, tmp_path):
         assert Artifact.get(key) is not None, key
 
 
+def test_flow_runs_trials_on_an_existing_dask_cluster_by_address(prefect_harness, tmp_path):
+    from distributed import Client, LocalCluster
+    from prefect.client.orchestration import get_client
+
+    from flows.tuning import hyperparameter_search
+
+    split = noisy_split(tmp_path / "data", n_sessions=150)
+    api = str(get_client(sync_client=True).api_url)  # an existing cluster's workers bring their own PREFECT_API_URL
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", env={"PREFECT_API_URL": api}
+    ) as cluster:
+        with Client(cluster) as client:
+            pids = set(client.run(os.getpid).values())
+        config = TuningConfig(
+            split_dir=str(split),
+            overrides={"train.device": "cpu", "model.layers": [16]},
+            search={"n_trials": 2, "epochs": 1, "pruner": "none"},
+            dask={"address": cluster.scheduler_address, "n_workers": 1},
+            out_dir=str(tmp_path / "tuning"),
+        )
+        result = hyperparameter_search(config)
+    assert result["states"] == {"COMPLETE": 2}
+    study = optuna.load_study(study_name=result["study_name"], storage=result["storage"])
+    assert {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.trials} == pids
+    assert all("layers" not in t.params for t in study.trials)  # fixed, not searched
+    assert load_preset_file(result["best_preset"]).model.layers == [16]
+
+
 # ------------------------------------------------------------------------------------------------
 # a real search, killed with SIGKILL and started again
 
