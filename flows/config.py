@@ -50,6 +50,12 @@ class TrainingSettings(_Strict):
         "named preset; the overrides still apply.",
     )
 
+    @property
+    def label(self) -> str:
+        """What the model started from, for run names, tags and plot titles: the preset file's name
+        (e.g. ``best_preset.json``) when one is given, else the preset."""
+        return Path(self.preset_file).name if self.preset_file else self.preset
+
     def gru4rec_config(self) -> Gru4RecConfig:
         """The preset (or preset file) with the overrides applied (a ConfigError names a bad key or value)."""
         if self.preset_file:
@@ -172,7 +178,9 @@ class SearchSettings(_Strict):
         default="median", description="Stop a trial whose validation metric after an epoch is below the median."
     )
     prune_after_trials: int = Field(default=2, ge=0, description="Finished trials before any trial is pruned.")
-    prune_warmup_epochs: int = Field(default=0, ge=0, description="Epochs of every trial that are never pruned.")
+    prune_warmup_epochs: int = Field(
+        default=1, ge=0, description="Epochs of every trial that are never pruned (the first epoch is noisy)."
+    )
     storage: str | None = Field(
         default=None,
         description="Optuna storage: any SQLAlchemy database URL (postgresql://…, mysql://…); "

@@ -90,7 +90,7 @@ def _history_artifact(run: RunContext, history: list[dict]) -> Path:
     cols = ["epoch", "loss", "events_per_s", "seconds"] + sorted(k for k in history[0] if k.startswith("valid_"))
     rows = [_rounded({c: h.get(c) for c in cols}) for h in history]
     create_table_artifact(key="training-history", table=rows, description="Loss, speed and validation per epoch")
-    png = training_plot(history, run.run_dir / "plots" / "training.png", title=run.config.training.preset)
+    png = training_plot(history, run.run_dir / "plots" / "training.png", title=run.config.training.label)
     last = history[-1]
     lines = [
         "## Training",
@@ -243,7 +243,7 @@ def _train(run: RunContext, data: dict, cfg: Gru4RecConfig) -> dict:
         cfg.model_dump_json(),
         str(run.run_dir / "model"),
         training.full,
-        training.preset,
+        training.label,
         use_cache=run.config.cache_training,
         cache_scope=str(run.workdir),
         exclude_seen=run.config.evaluation.exclude_seen,  # the model records it as its default
@@ -407,7 +407,7 @@ def _register(
             "git_commit": _git_commit(),
             "run_key": run.run_key,
             "prefect_flow_run_id": run.flow_run_id,
-            "preset": config.training.preset,
+            "preset": config.training.label,
             "device": device,
         },
         [
@@ -417,7 +417,7 @@ def _register(
             str(model_dir / "history.json"),
             *extra["plots"],
         ],
-        f"{config.training.preset}-{run.flow_run_id[:8]}",
+        f"{config.training.label}-{run.flow_run_id[:8]}",
         # one run registers one model: a retried or resumed registration reuses its version
         f"{run.run_key[:32]}-{json.loads((model_dir / 'config.json').read_text())['weights_sha256'][:16]}",
         _evidence(run, report, head_to_head, extra["data_warnings"]),

@@ -140,6 +140,16 @@ def test_train_and_run_accept_a_preset_file(tmp_path):
     assert both.exit_code == 2 and "not both" in both.output
 
 
+def test_a_model_from_a_preset_file_is_labelled_by_the_file(tmp_path):
+    from flows.config import TrainingSettings
+
+    cfg = get_preset("gru4rec-xe", {"train.epochs": 1})
+    preset = write_preset_file(tmp_path / "best_preset.json", cfg, "tuned")
+    # run names, the MLflow 'preset' tag and plot titles say what the model started from
+    assert TrainingSettings(preset_file=str(preset)).label == "best_preset.json"
+    assert TrainingSettings(preset="gru4rec-bprmax").label == "gru4rec-bprmax"
+
+
 # ------------------------------------------------------------------------------------------------
 # the study: pruning, stale trials, identity
 
