@@ -768,6 +768,7 @@ def promote(tracking_uri: str | None, registry_name: str, version: str, *, reaso
                 registry_name, old.version, "demoted", _stamp(who, reason, by_version=str(version))
             )
         client.set_registered_model_alias(registry_name, CHAMPION, str(version))
+        _retag_roles(client, registry_name, champion=str(version), demoted=old.version if old else None)
     return {
         "registry_name": registry_name,
         "champion": str(version),
@@ -798,7 +799,17 @@ def rollback(tracking_uri: str | None, registry_name: str, *, reason: str, who: 
             registry_name, target, "restored", _stamp(who, reason, from_version=current.version)
         )
         client.set_registered_model_alias(registry_name, CHAMPION, target)
+        _retag_roles(client, registry_name, champion=target, demoted=current.version)
     return {"registry_name": registry_name, "champion": target, "previous": current.version, "changed": True}
+
+
+def _retag_roles(client, registry_name: str, *, champion: str, demoted: str | None) -> None:
+    # The `alias` tag, shown beside the version in the MLflow UI, follows the alias (which stays the
+    # truth): after a rollback the demoted version must not read "champion". The registration-time
+    # decision stays in `decision`; who moved it and why in promoted/demoted/rolled_back/restored.
+    client.set_model_version_tag(registry_name, champion, ALIAS_TAG, CHAMPION)
+    if demoted is not None:
+        client.set_model_version_tag(registry_name, demoted, ALIAS_TAG, CHALLENGER)
 
 
 def champion_profile(tracking_uri: str | None, registry_name: str, version: str) -> dict | None:

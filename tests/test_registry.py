@@ -376,12 +376,16 @@ def test_promote_and_rollback_move_the_alias_and_record_who_and_why(model_dir, s
     assert champion_version(client) == "2"
     back = registry.rollback(uri, NAME, reason="v2 recommends stale items", who="alice")
     assert back["champion"] == "1" and champion_version(client) == "1"
+    # the version's role tag follows the alias (it read "champion" on v2 after the rollback)
+    assert client.get_model_version(NAME, "1").tags["alias"] == "champion"
+    assert client.get_model_version(NAME, "2").tags["alias"] == "challenger"
     rolled = json.loads(client.get_model_version(NAME, "2").tags["rolled_back"])
     assert rolled["by"] == "alice" and rolled["reason"] == "v2 recommends stale items" and rolled["to_version"] == "1"
     with pytest.raises(ValueError, match="replaced no earlier champion"):
         registry.rollback(uri, NAME, reason="again", who="alice")  # v1 was the first champion
     registry.promote(uri, NAME, "3", reason="A/B test won", who="bob")
     assert champion_version(client) == "3"
+    assert [client.get_model_version(NAME, v).tags["alias"] for v in "13"] == ["challenger", "champion"]
     assert json.loads(client.get_model_version(NAME, "3").tags["promoted"])["by"] == "bob"
     assert registry.rollback(uri, NAME, reason="undo", who="bob")["champion"] == "1"
     from mlflow.exceptions import MlflowException
