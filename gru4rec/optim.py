@@ -52,6 +52,15 @@ def coalesce_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tenso
     return uniq, out
 
 
+def _pairs(t: torch.Tensor) -> torch.Tensor:
+    """A float32 CPU table with an even row width viewed as float64 (two columns per element), else
+    itself: the CPU index_copy_ moves a row element by element, and half the elements take ~20 %
+    less time (~7 % of a gru4rec-bprmax step)."""
+    if t.dtype == torch.float32 and t.device.type == "cpu" and t.shape[1] % 2 == 0:
+        return t.view(torch.float64)
+    return t
+
+
 class RowTable(NamedTuple):
     """Item tables and their optimiser state packed per row (see `_RowOptimizer.pack_rows`)."""
 
@@ -133,7 +142,9 @@ class _RowOptimizer:
         keys = [k for k, t in self.state[idx[0]].items() if t.shape == ref.shape]
         widths = [self.params[i].shape[1] for i in idx]
         width = sum(widths)
-        table = torch.empty(ref.shape[0], (1 + len(keys)) * width, dtype=ref.dtype, device=ref.device)
+        cols = (1 + len(keys)) * width
+        cols += cols % 2  # an even row width (one unused column): see `_pairs`
+        table = torch.zeros(ref.shape[0], cols, dtype=ref.dtype, device=ref.device)
 
         def place(block: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
             views, col = [], block * width
@@ -181,7 +192,7 @@ class _RowOptimizer:
             if isinstance(g, TableRows):
                 tr = g.table_rows
                 self._table_rows(self._row_table.index, tr[:, : self._row_table.width], tr, g.grad)
-                self._row_table.table.index_copy_(0, g.rows, tr)
+                _pairs(self._row_table.table).index_copy_(0, g.rows, _pairs(tr))
             elif isinstance(g, tuple):
                 self._rows(i, *g)
             else:

@@ -175,6 +175,28 @@ def test_packed_dense_group_and_row_table_match_plain_updates(name):
     assert torch.equal(o_packed.state[4][key], o_plain.state[4][key])
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.3])
+def test_float32_row_table_of_odd_width_is_padded_and_updates_exactly(momentum):
+    # A float32 row table gets an even row width (one unused column) so that the write-back can move
+    # column pairs as float64: the updates stay bit-identical to the plain sparse ones.
+    torch.manual_seed(1)
+    init = [torch.randn(10, 3), torch.randn(10, 2)]  # width 5: 15 columns with Adagrad-momentum
+    plain = [torch.nn.Parameter(t.clone()) for t in init]
+    packed = [torch.nn.Parameter(t.clone()) for t in init]
+    o_plain, o_packed = AdagradM(plain, lr=0.1, momentum=momentum), AdagradM(packed, lr=0.1, momentum=momentum)
+    table = o_packed.pack_rows(packed)
+    n_blocks = 3 if momentum else 2
+    assert table.table.shape == (10, 5 * n_blocks + (5 * n_blocks) % 2)
+    for rows, vals in _sparse_steps(10, dim=5):
+        r, v = coalesce_rows(rows, vals.float())
+        o_plain.step_grads([(r, v[:, :3]), (r, v[:, 3:])])
+        o_packed.step_grads([TableRows(r, v, table.gather(r)), None])
+    for p, q in zip(plain, packed):
+        assert torch.equal(p, q)
+    for a, b in zip(o_packed.state_dict()["state"], o_plain.state_dict()["state"]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_pack_rows_refuses_tables_of_different_rows():
     a, b = torch.nn.Parameter(torch.zeros(4, 2)), torch.nn.Parameter(torch.zeros(5, 1))
     with pytest.raises(ValueError, match="same number of rows"):
