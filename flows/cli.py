@@ -353,17 +353,15 @@ def train(
 ) -> None:
     """Train GRU4Rec on an existing split directory; writes weights, config, items and history.json."""
     from gru4rec.jobs import train_on_split
-    from gru4rec.presets import get_preset, load_preset_file
+    from gru4rec.presets import starting_config
 
     hyper, _ = _split_hyperparameters(given)
     if preset and preset_file:
         _fail("give --preset or --preset-file, not both")
     preset = preset or TrainingSettings.model_fields["preset"].default
     try:
-        if preset_file:
-            cfg, preset = load_preset_file(preset_file, _overrides(set_, hyper)), str(preset_file)
-        else:
-            cfg = get_preset(preset, _overrides(set_, hyper))
+        cfg = starting_config(preset, preset_file, _overrides(set_, hyper))
+        preset = str(preset_file) if preset_file else preset
         summary = train_on_split(split, cfg, out, full=full, resume=resume, preset=preset, overwrite=overwrite)
     except PipelineError as e:
         _fail(str(e))

@@ -20,7 +20,7 @@ from gru4rec.data.config import IngestConfig, SplitConfig
 from gru4rec.data.health import HealthThresholds
 from gru4rec.errors import ConfigError
 from gru4rec.evaluate import Ties, check_metric_name
-from gru4rec.presets import PresetName, get_preset, load_preset_file
+from gru4rec.presets import PresetName, starting_config
 from gru4rec.seen import ExcludeSeen, normalise_setting
 from tasks.notify import NotificationSettings
 from tasks.validation import ValidationConfig
@@ -58,9 +58,7 @@ class TrainingSettings(_Strict):
 
     def gru4rec_config(self) -> Gru4RecConfig:
         """The preset (or preset file) with the overrides applied (a ConfigError names a bad key or value)."""
-        if self.preset_file:
-            return load_preset_file(self.preset_file, self.overrides)
-        return get_preset(self.preset, self.overrides)
+        return starting_config(self.preset, self.preset_file, self.overrides)
 
     @model_validator(mode="after")
     def _overrides_valid(self) -> TrainingSettings:
@@ -238,9 +236,7 @@ class TuningConfig(_Strict):
     def base_config(self) -> Gru4RecConfig:
         """The starting configuration with the fixed overrides and the metric as early-stopping metric."""
         overrides = {**self.overrides, "train.early_stopping_metric": self.search.metric}
-        if self.preset_file:
-            return load_preset_file(self.preset_file, overrides)
-        return get_preset(self.preset, overrides)
+        return starting_config(self.preset, self.preset_file, overrides)
 
     @field_validator("out_dir")
     @classmethod

@@ -38,9 +38,9 @@ _fallback_logger = logging.getLogger("gru4rec.notify")
 
 
 class NotificationSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
     """Who hears about a failed run or a new champion (tasks/notify.py; README "Notifications")."""
+
+    model_config = ConfigDict(extra="forbid")
 
     notify_block: str | None = Field(
         default=None,
