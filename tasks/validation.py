@@ -431,30 +431,30 @@ def _suite_for(role: str, schema: pl.Schema, type_ok: dict[str, bool], bounds: d
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
-    suite = gx.ExpectationSuite(name=f"{role}_events")
-    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(KEY_COLUMNS), exact_match=False))
+    checks = [gxe.ExpectTableColumnsToMatchSet(column_set=list(KEY_COLUMNS), exact_match=False)]
     for col, allowed in ALLOWED_DTYPES.items():
         if col not in schema:
             continue
         names = [n for dtype in allowed for n in _GX_TYPE_NAMES[str(dtype)]]
-        suite.add_expectation(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=names))
-    for col in KEY_COLUMNS:
-        if col in schema:
-            suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=col))
+        checks.append(gxe.ExpectColumnValuesToBeInTypeList(column=col, type_list=names))
+    checks += [gxe.ExpectColumnValuesToNotBeNull(column=col) for col in KEY_COLUMNS if col in schema]
     if type_ok.get("timestamp"):
-        suite.add_expectation(
+        checks.append(
             gxe.ExpectColumnValuesToBeBetween(
                 column="timestamp", min_value=bounds["ts_min"], max_value=bounds["ts_max"]
             )
         )
     if type_ok.get("rating") and (bounds["rating_min"] is not None or bounds["rating_max"] is not None):
-        suite.add_expectation(
+        checks.append(
             gxe.ExpectColumnValuesToBeBetween(
                 column="rating", min_value=bounds["rating_min"], max_value=bounds["rating_max"]
             )
         )
-    suite.add_expectation(gxe.ExpectTableRowCountToBeBetween(min_value=min_rows))
-    return suite
+    checks.append(gxe.ExpectTableRowCountToBeBetween(min_value=min_rows))
+    # Given to the constructor, not added one by one: suite.add_expectation on a suite that is not
+    # yet in a context looks the suite's name up in GX's process-wide current context - another
+    # validation's, when two run in one process - and writes the expectation into it.
+    return gx.ExpectationSuite(name=f"{role}_events", expectations=checks)
 
 
 def _run_gx(context, role, pdf, schema, type_ok, bounds, cfg: ValidationConfig):

@@ -335,12 +335,12 @@ def test_killed_search_resumes_keeping_finished_trials(tmp_path):
     db = out / "study.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(REPO)}
-    cli = subprocess.Popen(
-        _tune_command(split, out), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "first-run.log"
+    with log.open("w") as log_file:
+        cli = subprocess.Popen(_tune_command(split, out), env=env, cwd=tmp_path, stdout=log_file, stderr=log_file)
     deadline = time.time() + 240
     while time.time() < deadline and "COMPLETE" not in _states(db).values():
-        assert cli.poll() is None, "the search ended before it could be killed"
+        assert cli.poll() is None, "the search ended before it could be killed:\n" + log.read_text()[-4000:]
         time.sleep(0.2)
     before = _states(db)
     assert "COMPLETE" in before.values(), f"no trial finished in time: {before}"

@@ -180,6 +180,32 @@ def test_two_threads_validate_at_once(tmp_path, gx_batches, engine):
     assert [logging.getLogger(n).level for n in GX_LOGGERS] == levels
 
 
+def test_a_validation_never_writes_into_another_gx_context(tmp_path, monkeypatch):
+    """GX keeps one process-wide "current" context; a suite that is not yet added resolves through it.
+
+    Two validations in one process (two threads, or two flows of a worker) each make their own
+    context; the later one becomes current. Building the earlier one's suite must not touch it:
+    the CI race where GX then refused the other's suite ("has changed since it has last been saved").
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.data_context.context_factory import set_context
+
+    other = validation._make_context(None)  # another validation's context, with its suite added
+    other.suites.add(gx.ExpectationSuite(name="events_events"))
+    made = validation._make_context
+
+    def ours_then_the_other_becomes_current(docs_dir):
+        context = made(docs_dir)
+        set_context(other)  # the other thread made its context after ours
+        return context
+
+    monkeypatch.setattr(validation, "_make_context", ours_then_the_other_becomes_current)
+    result = run(tmp_path, clean_events(200))
+    assert result["success"]
+    assert any(c["description"] == "item_id not null" for c in result["checks"]), "our suite ran its checks"
+    assert other.suites.get("events_events").expectations == [], "our expectations went into the other context"
+
+
 def test_quiet_gx_restores_levels_when_threads_overlap():
     loggers = [logging.getLogger(n) for n in GX_LOGGERS]
     before = [lg.level for lg in loggers]
