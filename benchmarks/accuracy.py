@@ -1,30 +1,45 @@
-"""Accuracy report: Recall@20 and MRR@20 (conservative ties; mean ± std over seeds) of each preset
-and the baselines, trained on train+valid and tested on test.
+"""Accuracy report: Recall@20 and MRR@20 (conservative ties; mean ± std over seeds) of each preset at
+its defaults and tuned, and of every baseline, trained on train+valid and tested on test, each with
+and without the session's own items excluded from the ranking.
 
-    python benchmarks/accuracy.py                                  # everything (hours on 2 CPU cores)
-    python benchmarks/accuracy.py --datasets ml-100k yoochoose-100k --seeds 1 2 3
-    python benchmarks/accuracy.py --datasets ml-1m-subset --presets gru4rec-xe --seeds 1
+    python benchmarks/accuracy.py                                   # everything (hours on 2 CPU cores)
+    python benchmarks/accuracy.py --datasets ml-100k --presets gru4rec-xe --seeds 1
+    python benchmarks/accuracy.py --tune --datasets ml-100k         # searches first (see TUNE)
+    python benchmarks/accuracy.py --table                           # the README table from --out
 
 Datasets (from ../shared/data): the MovieLens-1M subset and MovieLens-100K with user sessions and
-the tutorial's session-end split (N = 100 days), and the YooChoose 100k sample through the
-`given` split of its GRU4Rec-prepared train_full/test files. Results are appended to
---out (JSON lines, one per run) so an interrupted report keeps what it finished; `--table`
-prints the markdown table from that file.
+the tutorial's session-end split (N = 100 days), and the YooChoose 100k sample through the `given`
+split of its GRU4Rec-prepared train_full/test files.
+
+Tuned rows: `--tune` runs `gru4rec-pipeline tune` (the real flow: Optuna on Dask, judged on the
+validation part only; the test part is never read) on a split with the same test part, and writes
+the best configuration to benchmarks/results/tuned/<dataset>-<preset>.json with the search's cost
+beside it (.search.json). A preset file there is then trained on train+valid with each seed and
+tested like the defaults. Train+valid is the same events whatever the validation window, so the
+defaults, the tuned presets and the baselines all see the same training data and test targets.
+
+Results are appended to --out (JSON lines, one per run) so an interrupted report keeps what it
+finished; runs already there are skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
+TUNED = REPO / "benchmarks" / "results" / "tuned"
 
 DATASETS = {
     "ml-1m-subset": dict(source=SHARED / "ml-1m-subset-cs100" / "ratings.dat.gz", session="user", split="session-end"),
@@ -36,90 +51,163 @@ DATASETS = {
     ),
 }
 PRESETS = ["tutorial", "gru4rec-xe", "gru4rec-bprmax"]
+BASELINES = ["popularity", "item-knn", "sknn", "v-sknn", "stan", "vstan"]
+# The searches: validation window of the tuning split (ML-100K: the default 100 days would leave
+# 3,003 training events) and the budget. Their cost is recorded with each result.
+TUNE = {
+    "ml-100k": dict(valid_days=30, n_trials=16, epochs=6),
+    "yoochoose-100k": dict(valid_days=None, n_trials=16, epochs=6),
+    "ml-1m-subset": dict(valid_days=None, n_trials=10, epochs=4),
+}
 
 
-def prepare(name: str, workdir: Path) -> Path:
-    from gru4rec.data.config import IngestConfig, SplitConfig
+def prepare(name: str, workdir: Path, valid_days: float | None = None) -> Path:
+    """The dataset's split (ingested once per workdir); ``valid_days`` only moves the train/valid border."""
+    from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig
     from gru4rec.data.ingest import ingest
     from gru4rec.data.splitter import make_split
 
     d = DATASETS[name]
     out = workdir / name
-    if (out / "split" / "manifest.json").exists():
-        return out / "split"
-    ic = IngestConfig(source=str(d["source"]), test_source=str(d["test_source"]) if "test_source" in d else None)
-    manifest = ingest(ic, out / "ingest")
-    from gru4rec.data.config import SourceFormat
-
+    split_dir = out / ("split" if valid_days is None else f"split-valid{valid_days:g}")
+    if (split_dir / "manifest.json").exists():
+        return split_dir
+    if not (out / "ingest" / "ingest_manifest.json").exists():
+        test_source = str(d["test_source"]) if "test_source" in d else None
+        ingest(IngestConfig(source=str(d["source"]), test_source=test_source), out / "ingest")
+    manifest = json.loads((out / "ingest" / "ingest_manifest.json").read_text())
     tables = {r: out / "ingest" / t["file"] for r, t in manifest["tables"].items()}
-    sc = SplitConfig(session=d.get("session"), split=d["split"], test_days=100 if d["split"] != "given" else None)
-    make_split(tables, SourceFormat(manifest["format"]), sc, out / "split")
-    return out / "split"
+    test_days = 100 if d["split"] != "given" else None
+    sc = SplitConfig(session=d.get("session"), split=d["split"], test_days=test_days, valid_days=valid_days)
+    make_split(tables, SourceFormat(manifest["format"]), sc, split_dir)
+    return split_dir
 
 
-def run(name: str, preset: str, seed: int, split_dir: Path, threads: int) -> dict:
-    from gru4rec.jobs import build_config, evaluate_on_split, train_on_split
+def _both(metrics: dict, other: dict) -> dict:
+    """recall/mrr@20 with the session's items included and excluded, from the two evaluations."""
+    return {f"{k}_{seen}": m[f"{k}@20"] for seen, m in (("all", metrics), ("unseen", other)) for k in ("recall", "mrr")}
 
-    cfg = build_config(preset, {}, seed=seed, threads=threads, progress=False, device="cpu")
+
+def run_baseline(name: str, model: str, split_dir: Path) -> dict:
+    from gru4rec.baselines import build_baseline
+    from gru4rec.data.split_dir import load_split, session_arrays, training_sessions
+    from gru4rec.evaluate import evaluate_model
+
+    split = load_split(split_dir)
+    train, test = training_sessions(split, True), session_arrays(split.test)
+    counts = np.bincount(train.items, minlength=split.n_items)
+    t = time.perf_counter()
+    scorer = build_baseline(model, train_sessions=train, n_items=split.n_items, item_counts=counts)
+    kept = evaluate_model(scorer, test, ks=(20,), ties="conservative")
+    unseen = evaluate_model(scorer, test, ks=(20,), ties="conservative", exclude="seen")
+    seconds = time.perf_counter() - t
+    return {"dataset": name, "model": model, "seed": None, "seconds": seconds, "n_targets": kept["n_targets"],
+            **_both(kept, unseen)}  # fmt: skip
+
+
+def run_gru4rec(name: str, preset: str, tuned: bool, seed: int, split_dir: Path, threads: int) -> dict:
+    from gru4rec.jobs import evaluate_on_split, train_on_split
+    from gru4rec.presets import starting_config
+
+    preset_file = TUNED / f"{name}-{preset}.json" if tuned else None
+    run = {"train.seed": seed, "train.threads": threads, "train.progress": False, "train.device": "cpu"}
+    cfg = starting_config(preset, preset_file, run)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         summary = train_on_split(split_dir, cfg, Path(tmp) / "model", full=True, preset=preset)
         train_s = time.perf_counter() - t
-        report = evaluate_on_split(split_dir, Path(tmp) / "model", ks=(20,), ties="conservative", device="cpu")
-    m = report["metrics"]
-    return {
-        "dataset": name, "preset": preset, "seed": seed, "train_seconds": train_s,
-        "epochs": len(summary["history"]), "n_targets": m["gru4rec"]["n_targets"],
-        **{f"{model}_{k}": m[model][f"{k}@20"] for model in m for k in ("recall", "mrr")},
-    }
+        report = evaluate_on_split(
+            split_dir, Path(tmp) / "model", ks=(20,), baselines=(), device="cpu", exclude_seen=False, compare_seen=True
+        )
+    kept, unseen = report["metrics"]["gru4rec"], report["metrics_other_seen"]["metrics"]["gru4rec"]
+    model = f"{preset} tuned" if tuned else preset
+    return {"dataset": name, "model": model, "seed": seed, "seconds": train_s, "epochs": len(summary["history"]),
+            "n_targets": kept["n_targets"], "config": cfg.model_dump(mode="json"), **_both(kept, unseen)}  # fmt: skip
+
+
+def tune(name: str, preset: str, workdir: Path) -> Path:
+    """Run the search through the CLI (the real flow) and keep its best preset and cost under TUNED."""
+    spec = TUNE[name]
+    split_dir = prepare(name, workdir, spec["valid_days"])
+    out = workdir / name / f"tuning-{preset}"
+    best = TUNED / f"{name}-{preset}.json"
+    best.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-c", "from flows.cli import main; main()", "tune", "--split", str(split_dir), "--preset", preset,
+               "--n-trials", str(spec["n_trials"]), "--epochs", str(spec["epochs"]), "--n-workers", "2",
+               "--out", str(out), "--best-preset", str(best), "--set", "train.device=cpu"]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    t = time.perf_counter()
+    subprocess.run(command, check=True, cwd=REPO, env=env)
+    wall = time.perf_counter() - t
+    summary = json.loads((out / "summary.json").read_text())
+    record = {"dataset": name, "preset": preset, "command": "gru4rec-pipeline " + " ".join(command[3:]),
+              "wall_seconds": round(wall, 1), "valid_days": spec["valid_days"], **summary}  # fmt: skip
+    best.with_suffix(".search.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{name} {preset}: tuned in {wall:.0f} s, best {summary['best']}", flush=True)
+    return best
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| dataset | model | Recall@20 | MRR@20 | seeds |", "|---|---|---:|---:|---:|"]
+    head = "| dataset | model | seeds | Recall@20 | MRR@20 | Recall@20, seen excluded | MRR@20, seen excluded |"
+    out = [head, "|---|---|---:|---:|---:|---:|---:|"]
 
     def fmt(vals):
         return f"{statistics.mean(vals):.4f} ± {statistics.pstdev(vals):.4f}" if len(vals) > 1 else f"{vals[0]:.4f}"
 
     for ds in DATASETS:
         sub = [r for r in rows if r["dataset"] == ds]
-        if not sub:
-            continue
-        for base in ("popularity", "item-knn"):
-            first = sub[0]
-            out.append(f"| {ds} | {base} | {first[f'{base}_recall']:.4f} | {first[f'{base}_mrr']:.4f} | – |")
-        for preset in PRESETS:
-            rs = [r for r in sub if r["preset"] == preset]
+        models = BASELINES + [m for p in PRESETS for m in (p, f"{p} tuned")]
+        for model in models:
+            rs = [r for r in sub if r["model"] == model]
             if rs:
-                out.append(f"| {ds} | {preset} | {fmt([r['gru4rec_recall'] for r in rs])} | "
-                           f"{fmt([r['gru4rec_mrr'] for r in rs])} | {len(rs)} |")
+                cells = [fmt([r[key] for r in rs]) for key in ("recall_all", "mrr_all", "recall_unseen", "mrr_unseen")]
+                seeds = len(rs) if rs[0]["seed"] is not None else "–"
+                out.append(f"| {ds} | {model} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    ap.add_argument("--presets", nargs="*", default=PRESETS)
+    ap.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--presets", nargs="*", default=PRESETS, choices=PRESETS)
+    ap.add_argument("--baselines", nargs="*", default=BASELINES, choices=BASELINES)
     ap.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tune", action="store_true", help="run the searches for presets without a tuned file first")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gru4rec-accuracy"))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "accuracy.jsonl")
     ap.add_argument("--table", action="store_true", help="only print the table from --out")
     args = ap.parse_args()
     rows = [json.loads(x) for x in args.out.read_text().splitlines()] if args.out.exists() else []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{row['dataset']} {row['model']} seed {row['seed']}: recall@20 {row['recall_all']:.4f} "
+              f"mrr@20 {row['mrr_all']:.4f} (seen excluded {row['recall_unseen']:.4f} / {row['mrr_unseen']:.4f}) "
+              f"{row['seconds']:.0f} s", flush=True)  # fmt: skip
+
+    def done(name: str, model: str, seed: int | None) -> bool:
+        return any(r["dataset"] == name and r["model"] == model and r["seed"] == seed for r in rows)
+
     if not args.table:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         for name in args.datasets:
             split_dir = prepare(name, args.workdir)
+            for model in args.baselines:
+                if not done(name, model, None):
+                    record(run_baseline(name, model, split_dir))
             for preset in args.presets:
-                for seed in args.seeds:
-                    if any(r["dataset"] == name and r["preset"] == preset and r["seed"] == seed for r in rows):
+                if args.tune and not (TUNED / f"{name}-{preset}.json").exists():
+                    tune(name, preset, args.workdir)
+                for tuned in (False, True):
+                    if tuned and not (TUNED / f"{name}-{preset}.json").exists():
                         continue
-                    r = run(name, preset, seed, split_dir, args.threads)
-                    rows.append(r)
-                    with args.out.open("a") as f:
-                        f.write(json.dumps(r) + "\n")
-                    print(f"{name} {preset} seed {seed}: recall@20 {r['gru4rec_recall']:.4f} "
-                          f"mrr@20 {r['gru4rec_mrr']:.4f} ({r['train_seconds']:.0f} s)", flush=True)
+                    model = f"{preset} tuned" if tuned else preset
+                    for seed in args.seeds:
+                        if not done(name, model, seed):
+                            record(run_gru4rec(name, preset, tuned, seed, split_dir, args.threads))
     print(table(rows))
 
 
