@@ -15,6 +15,7 @@ from gru4rec.device import DeviceName
 from gru4rec.evaluate import Ties, check_metric_name
 from gru4rec.losses import LossName
 from gru4rec.model import ModelConfig
+from gru4rec.seen import ExcludeSeen, normalise_setting
 
 
 class TrainConfig(BaseModel):
@@ -64,6 +65,11 @@ class TrainConfig(BaseModel):
     patience: int = Field(default=0, ge=0, description="Epochs without improvement before stopping; 0 = off.")
     eval_ks: list[int] = Field(default=[1, 5, 10, 20], description="Cut-offs of the validation metrics.")
     eval_ties: Ties = Field(default="conservative", description="How tied scores rank in validation metrics.")
+    eval_exclude_seen: ExcludeSeen = Field(
+        default="auto",
+        description="Leave the session's own items out of the validation ranking (early stopping, tuning); "
+        "auto = when under 1% of the training data's (session, item) pairs repeat, as evaluation decides.",
+    )
     progress: bool = Field(default=True, description="Show a progress bar.")
 
     @field_validator("n_sample", mode="before")
@@ -79,6 +85,11 @@ class TrainConfig(BaseModel):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"n_sample must be an integer >= 0 or 'full', got {v!r}")
         return v
+
+    @field_validator("eval_exclude_seen", mode="before")
+    @classmethod
+    def _exclude_seen(cls, v):
+        return normalise_setting(v)
 
     @field_validator("eval_ks")
     @classmethod

@@ -144,7 +144,6 @@ def load_preset_file(path: str | Path, overrides: Mapping[str, Any] | None = Non
         raise ConfigError(f"preset file {path}: {e}") from None
 
 
-
 def starting_config(
     preset: str, preset_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Gru4RecConfig:
@@ -153,6 +152,7 @@ def starting_config(
     if preset_file:
         return load_preset_file(preset_file, overrides)
     return get_preset(preset, overrides)
+
 
 def write_preset_file(path: str | Path, cfg: Gru4RecConfig, name: str, **extra: Any) -> Path:
     """Write ``cfg`` as a preset file (JSON, or YAML for a .yaml/.yml name); ``extra`` is kept beside it."""

@@ -65,6 +65,7 @@ from gru4rec.losses import compute_loss, item_log_q, sampled_columns
 from gru4rec.model import GRU4Rec
 from gru4rec.optim import make_optimizer
 from gru4rec.sampler import NegativeSampler
+from gru4rec.seen import repeat_stats, resolve_exclude_seen
 
 CHECKPOINT = "checkpoint.pt"
 STALE_CHECKPOINT = "checkpoint.stale.pt"  # a checkpoint of another job, moved aside
@@ -286,6 +287,7 @@ class _Run:
     engine: _AutogradEngine | _FusedEngine
     batches: _Batches
     valid: SessionArrays | None
+    valid_exclude: str | None  # "seen": the session's own items are left out of the validation ranking
 
 
 def _setup(split: Split, cfg: Gru4RecConfig, full: bool, engine_choice: str) -> _Run:
@@ -320,7 +322,14 @@ def _setup(split: Split, cfg: Gru4RecConfig, full: bool, engine_choice: str) -> 
         engine=_make_engine(engine_choice, model, opt, params, t, full_out, counts, device),
         batches=_device_batches(train_s, t.batch_size, device),
         valid=valid_s,
+        valid_exclude="seen" if valid_s is not None and _validation_excludes_seen(split, t) else None,
     )
+
+
+def _validation_excludes_seen(split: Split, t) -> bool:
+    """``train.eval_exclude_seen`` decided on the training part, by the rule evaluation uses (`gru4rec.seen`)."""
+    share = repeat_stats(split.train).repeat_share if t.eval_exclude_seen == "auto" else None
+    return resolve_exclude_seen(t.eval_exclude_seen, share)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -435,7 +444,9 @@ def _validate(run: _Run, evaluate: Callable, record: dict) -> dict:
     run.model.eval()
     t0 = time.perf_counter()
     with torch.no_grad():
-        metrics = evaluate(run.model, run.valid, ks=tuple(t.eval_ks), ties=t.eval_ties, device=run.device)
+        metrics = evaluate(
+            run.model, run.valid, ks=tuple(t.eval_ks), ties=t.eval_ties, device=run.device, exclude=run.valid_exclude
+        )
     record["valid_seconds"] = time.perf_counter() - t0
     for k, v in metrics.items():
         record[f"valid_{k}"] = float(v) if isinstance(v, (int, float)) else v

@@ -389,6 +389,39 @@ def test_validation_and_early_stopping_keep_best(tmp_path):
         assert torch.equal(t, seen[0.9][k])
 
 
+@pytest.mark.parametrize(
+    ("setting", "repeats", "expected"),
+    [("auto", False, "seen"), ("auto", True, None), ("false", False, None), ("true", True, "seen")],
+)
+def test_validation_leaves_seen_items_out_as_evaluation_would(tmp_path, setting, repeats, expected):
+    # MovieLens-like training data (no item twice in a session): validation ranks only unseen items,
+    # as the evaluation of such a model does, so early stopping and tuning judge what will be measured.
+    sessions = [s + s[:1] for s in SESSIONS] if repeats else SESSIONS
+    split = make_split(tmp_path, sessions=sessions)
+    split.valid = split.train.head(7)
+    calls = []
+
+    def record_eval(model, sessions, *, exclude=None, **_):
+        calls.append(exclude)
+        return {"mrr@20": 0.5}
+
+    train(split, cfg_small(epochs=2, eval_exclude_seen=setting), tmp_path / "r", evaluate_fn=record_eval)
+    assert calls == [expected, expected]
+
+
+def test_validation_metric_with_seen_items_excluded_is_the_evaluators(tmp_path):
+    from gru4rec.evaluate import evaluate_model
+
+    split = make_split(tmp_path)
+    split.valid = split.train.head(30)
+    res = train(split, cfg_small(epochs=1, lr=1e-6), tmp_path / "r")  # nearly untrained: seen items rank anywhere
+    valid = session_arrays(split.valid)
+    excluded = evaluate_model(res.model, valid, ks=(1, 5, 10, 20), device="cpu", exclude="seen")
+    kept = evaluate_model(res.model, valid, ks=(1, 5, 10, 20), device="cpu")
+    assert res.history[0]["valid_mrr@20"] == pytest.approx(excluded["mrr@20"])
+    assert excluded["mrr@20"] > kept["mrr@20"]
+
+
 @pytest.mark.parametrize("engine", ["fused", "autograd"])
 def test_nan_guard(tmp_path, engine):
     # A non-finite loss made on purpose: the "evaluation" after epoch 1 fills the weights with NaN,

@@ -95,7 +95,8 @@ class SplitConfig(_Strict):
     min_session_length: int = Field(default=2, ge=1, description="Sessions with fewer events are dropped.")
     min_item_support: int = Field(default=5, ge=1, description="Items with fewer events are dropped (repeatedly).")
     split: Literal["session-end", "global-cut", "given"] | None = Field(
-        default=None, description="None = 'session-end' for MovieLens, 'global-cut' for click logs, 'given' with test_source."
+        default=None,
+        description="None = 'session-end' for MovieLens, 'global-cut' for click logs, 'given' with test_source.",
     )
     test_days: float | None = Field(default=None, gt=0, description="N: test window in days (MovieLens 100, clicks 1).")
     valid_days: float | None = Field(default=None, gt=0, description="Validation window; None = same as test_days.")
