@@ -14,7 +14,9 @@ split of its GRU4Rec-prepared train_full/test files.
 Tuned rows: `--tune` runs `gru4rec-pipeline tune` (the real flow: Optuna on Dask, judged on the
 validation part only; the test part is never read) on a split with the same test part, and writes
 the best configuration to benchmarks/results/tuned/<dataset>-<preset>.json with the search's cost
-beside it (.search.json). A preset file there is then trained on train+valid with each seed and
+beside it (.search.json). The search's split has the same test part; its validation part is the
+last 30 days before it on ML-100K (the default 100 would leave 3,003 training events), 100 days on
+the ML-1M subset, and the GRU4Rec-prepared train_tr / train_valid files on YooChoose. A preset file there is then trained on train+valid with each seed and
 tested like the defaults. Train+valid is the same events whatever the validation window, so the
 defaults, the tuned presets and the baselines all see the same training data and test targets.
 
@@ -56,31 +58,39 @@ BASELINES = ["popularity", "item-knn", "sknn", "v-sknn", "stan", "vstan"]
 # 3,003 training events) and the budget. Their cost is recorded with each result.
 TUNE = {
     "ml-100k": dict(valid_days=30, n_trials=16, epochs=6),
-    "yoochoose-100k": dict(valid_days=None, n_trials=16, epochs=6),
-    "ml-1m-subset": dict(valid_days=None, n_trials=10, epochs=4),
+    "yoochoose-100k": dict(
+        sources=dict(  # the GRU4Rec-prepared train_tr / train_valid: together they are train_full
+            source=str(SHARED / "rsc15-sample-100k" / "yoochoose-clicks-100k_train_tr.txt.gz"),
+            valid_source=str(SHARED / "rsc15-sample-100k" / "yoochoose-clicks-100k_train_valid.txt.gz"),
+            test_source=str(SHARED / "rsc15-sample-100k" / "yoochoose-clicks-100k_test.txt.gz"),
+        ),
+        n_trials=16,
+        epochs=6,
+    ),
+    "ml-1m-subset": dict(n_trials=10, epochs=4),
 }
 
 
-def prepare(name: str, workdir: Path, valid_days: float | None = None) -> Path:
-    """The dataset's split (ingested once per workdir); ``valid_days`` only moves the train/valid border."""
+def prepare(name: str, workdir: Path, for_tuning: bool = False) -> Path:
+    """The dataset's split (made once per workdir); ``for_tuning``: the search's split (`TUNE`)."""
     from gru4rec.data.config import IngestConfig, SourceFormat, SplitConfig
     from gru4rec.data.ingest import ingest
     from gru4rec.data.splitter import make_split
 
     d = DATASETS[name]
-    out = workdir / name
-    split_dir = out / ("split" if valid_days is None else f"split-valid{valid_days:g}")
-    if (split_dir / "manifest.json").exists():
-        return split_dir
+    spec = TUNE[name] if for_tuning else {}
+    sources = {k: str(d[k]) for k in ("source", "test_source") if k in d} | spec.get("sources", {})
+    out = workdir / name / ("tuning" if for_tuning else "")
+    if (out / "split" / "manifest.json").exists():
+        return out / "split"
     if not (out / "ingest" / "ingest_manifest.json").exists():
-        test_source = str(d["test_source"]) if "test_source" in d else None
-        ingest(IngestConfig(source=str(d["source"]), test_source=test_source), out / "ingest")
+        ingest(IngestConfig(**sources), out / "ingest")
     manifest = json.loads((out / "ingest" / "ingest_manifest.json").read_text())
     tables = {r: out / "ingest" / t["file"] for r, t in manifest["tables"].items()}
     test_days = 100 if d["split"] != "given" else None
-    sc = SplitConfig(session=d.get("session"), split=d["split"], test_days=test_days, valid_days=valid_days)
-    make_split(tables, SourceFormat(manifest["format"]), sc, split_dir)
-    return split_dir
+    sc = SplitConfig(session=d.get("session"), split=d["split"], test_days=test_days, valid_days=spec.get("valid_days"))
+    make_split(tables, SourceFormat(manifest["format"]), sc, out / "split")
+    return out / "split"
 
 
 def _both(metrics: dict, other: dict) -> dict:
@@ -128,7 +138,7 @@ def run_gru4rec(name: str, preset: str, tuned: bool, seed: int, split_dir: Path,
 def tune(name: str, preset: str, workdir: Path) -> Path:
     """Run the search through the CLI (the real flow) and keep its best preset and cost under TUNED."""
     spec = TUNE[name]
-    split_dir = prepare(name, workdir, spec["valid_days"])
+    split_dir = prepare(name, workdir, for_tuning=True)
     out = workdir / name / f"tuning-{preset}"
     best = TUNED / f"{name}-{preset}.json"
     best.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +151,8 @@ def tune(name: str, preset: str, workdir: Path) -> Path:
     wall = time.perf_counter() - t
     summary = json.loads((out / "summary.json").read_text())
     record = {"dataset": name, "preset": preset, "command": "gru4rec-pipeline " + " ".join(command[3:]),
-              "wall_seconds": round(wall, 1), "valid_days": spec["valid_days"], **summary}  # fmt: skip
+              "wall_seconds": round(wall, 1), "tuning_split": {k: v for k, v in spec.items() if k not in ("n_trials", "epochs")},
+              **summary}  # fmt: skip
     best.with_suffix(".search.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{name} {preset}: tuned in {wall:.0f} s, best {summary['best']}", flush=True)
     return best
