@@ -172,6 +172,11 @@ class SearchSettings(_Strict):
     epochs: int = Field(default=5, ge=1, description="Training epochs of each trial.")
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed of the TPE sampler.")
     startup_trials: int = Field(default=5, ge=0, description="Random trials before TPE models the results.")
+    start_from_base: bool = Field(
+        default=True,
+        description="Trial 0 of a new study is the base configuration itself (when the search space holds its "
+        "values), so the best preset is never worse on validation than where the search started.",
+    )
     pruner: Literal["median", "none"] = Field(
         default="median", description="Stop a trial whose validation metric after an epoch is below the median."
     )

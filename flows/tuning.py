@@ -8,6 +8,9 @@ At most ``n_workers`` trials run at once. Each trial trains on the split's train
 ``search.epochs`` epochs and reports the validation metric after every epoch; the median pruner stops
 the unpromising ones. The test split is never read.
 
+Trial 0 of a new study is the base configuration itself (``search.start_from_base``, when the
+space holds its values), so the best preset is never worse on validation than the starting point.
+
 ``search.n_trials`` counts the whole study: started again after a kill, the search keeps every trial
 the killed one finished, fails the ones that were running when it died (their heartbeat stopped),
 queues them again with the same parameters and runs only what is missing.
@@ -33,7 +36,7 @@ from gru4rec.data.split_dir import load_split
 from gru4rec.errors import ConfigError
 from gru4rec.io import write_json_atomic
 from gru4rec.presets import apply_overrides, write_preset_file
-from gru4rec.tuning import overrides_from_params, suggest_overrides
+from gru4rec.tuning import base_params, overrides_from_params, suggest_overrides
 from tasks import tuning as t
 from tasks.plots import markdown_image
 
@@ -112,9 +115,26 @@ def hyperparameter_search(config: TuningConfig | None = None) -> dict:
         config.search.n_trials,
         f"; {stale} trials of a killed search failed and queued again" if stale else "",
     )
+    if config.search.start_from_base:
+        _queue_the_base(study, base, loss, fixed)
     flow_run_id = str(get_run_context().flow_run.id)
     runs = _run_trials(config, study, spec, split.directory, base, loss, fixed, out, flow_run_id)
     return _report(config, study, spec, base, loss, out, runs, time.perf_counter() - started)
+
+
+def _queue_the_base(study, base: Gru4RecConfig, loss: str, fixed: set[str]) -> None:
+    """A new study's first trial is the starting configuration (its searched values; the search's epochs)."""
+    logger = get_run_logger()
+    if study.get_trials(deepcopy=False):
+        return  # resumed: the base was queued (and maybe run) by the first run
+    params, outside = base_params(base, loss, fixed)
+    if outside:
+        logger.warning(
+            "the base configuration is not tried as trial 0: outside the search space: %s", "; ".join(outside)
+        )
+        return
+    study.enqueue_trial(params, user_attrs={"base": True})
+    logger.info("trial 0 is the base configuration: %s", params)
 
 
 def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run_id) -> list[dict]:

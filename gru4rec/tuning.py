@@ -51,7 +51,7 @@ class Param:
 
 
 _COMMON = (
-    Param("model.layers", "int", 64, 512, step=32),  # units of the one GRU layer
+    Param("model.layers", "int", 64, 512, step=4),  # units of the one GRU layer (on the grid: 100 and 224)
     Param("train.batch_size", "int", 32, 256, step=16),
     Param("model.dropout_embedding", "float", 0.0, 0.5, step=0.05),
     Param("model.dropout_hidden", "float", 0.0, 0.7, step=0.05),
@@ -116,3 +116,38 @@ def overrides_from_params(params: dict[str, Any], loss: str) -> dict[str, Any]:
         if p.name in params:
             out[p.key] = _value(p, params[p.name])
     return out
+
+
+def _contains(p: Param, value: Any) -> bool:
+    """Whether ``value`` is one Optuna can sample from ``p`` (in range, on its grid, one of its choices)."""
+    if p.kind == "categorical":
+        return not isinstance(value, bool) and value in p.choices
+    if isinstance(value, bool) or not isinstance(value, int | float) or not p.low <= value <= p.high:
+        return False
+    if p.step:
+        steps = (value - p.low) / p.step
+        return abs(steps - round(steps)) < 1e-9
+    return True
+
+
+def base_params(config: Any, loss: str, fixed: Iterable[str] = ()) -> tuple[dict[str, Any], list[str]]:
+    """The starting configuration's own values as Optuna params, so a search can try it as its first
+    trial, and the settings whose value the space cannot hold (then it cannot be tried).
+
+    ``config`` is a `Gru4RecConfig` (anything with ``.model`` / ``.train``); ``fixed`` as in
+    `suggest_overrides`."""
+    fixed = set(fixed)
+    params: dict[str, Any] = {}
+    outside: list[str] = []
+    for p in search_space(loss):
+        if p.key in fixed:
+            continue
+        section, name = p.key.split(".", 1)
+        value = getattr(getattr(config, section), name)
+        if p.key == "model.layers":  # the space has one layer
+            value = value[0] if len(value) == 1 else value
+        if _contains(p, value):
+            params[p.name] = value
+        else:
+            outside.append(f"{p.key} {value!r} (searched: {p.describe()})")
+    return params, outside

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from flows.config import TrainingSettings, TuningConfig
 from gru4rec.errors import ConfigError
 from gru4rec.presets import get_preset, load_preset_file, write_preset_file
-from gru4rec.tuning import SEARCH_SPACES, overrides_from_params, suggest_overrides
+from gru4rec.tuning import SEARCH_SPACES, base_params, overrides_from_params, suggest_overrides
 from tests.synthetic import split_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_search_space_samples_are_valid_configs_in_the_papers_ranges(loss, prese
         assert overrides_from_params(trial.params, loss) == overrides
         study.tell(trial, 0.0)
     assert 64 <= min(seen["model.layers"]) and max(seen["model.layers"]) <= 512
-    assert all(v % 32 == 0 for v in seen["model.layers"])
+    assert all(v % 4 == 0 for v in seen["model.layers"])
     assert 32 <= min(seen["train.batch_size"]) and max(seen["train.batch_size"]) <= 256
     assert 0.0 <= min(seen["model.dropout_embedding"]) and max(seen["model.dropout_embedding"]) <= 0.5
     assert max(seen["model.dropout_hidden"]) <= 0.7
@@ -79,6 +79,25 @@ def test_search_space_samples_are_valid_configs_in_the_papers_ranges(loss, prese
     else:
         assert "train.bpreg" not in seen and "train.elu" not in seen
         assert all(0.0 <= v <= 1.0 for v in seen["train.logq"])
+
+
+@pytest.mark.parametrize("preset", ["gru4rec-bprmax", "gru4rec-xe"])
+def test_the_presets_lie_in_their_search_space_so_a_search_can_start_from_them(preset):
+    base = get_preset(preset)
+    params, outside = base_params(base, base.train.loss)
+    assert outside == []
+    assert set(params) == {p.name for p in SEARCH_SPACES[base.train.loss]}
+    assert get_preset(preset, overrides_from_params(params, base.train.loss)) == base
+
+
+def test_a_base_outside_the_space_is_named_and_fixed_settings_are_left_out():
+    base = get_preset("tutorial")  # Adam's lr 0.001 and the full softmax are not in the space
+    params, outside = base_params(base, "cross-entropy", fixed={"train.n_sample"})
+    assert [o.split()[0] for o in outside] == ["model.layers", "train.lr"]
+    assert outside[1] == "train.lr 0.001 (searched: 0.01–0.3 (log))"
+    assert "n_sample" not in params and params["dropout_hidden"] == 0.1
+    _, outside = base_params(get_preset("gru4rec-xe", {"model.layers": [100, 100]}), "cross-entropy")
+    assert [o.split()[0] for o in outside] == ["model.layers"]
 
 
 def test_fixed_settings_are_not_searched():
@@ -245,6 +264,10 @@ def test_flow_runs_trials_on_two_dask_workers(prefect_harness, tmp_path):
     assert len(workers) == 2  # two trials ran at once, one per worker process
     assert {t.user_attrs["torch_threads"] for t in study.trials} == {1}
     assert all(len(t.intermediate_values) >= 1 for t in study.trials)  # reported per epoch
+    first = study.trials[0]  # the search started from the base preset itself
+    assert first.user_attrs.get("base") is True
+    assert first.params == base_params(config.base_config(), "bpr-max")[0]
+    assert all("base" not in t.user_attrs for t in study.trials[1:])
     best = load_preset_file(result["best_preset"])
     assert best.train.loss == "bpr-max" and best.train.epochs == result["best"]["best_epoch"]
     assert math.isclose(study.best_value, result["best"]["value"])
