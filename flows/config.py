@@ -253,7 +253,8 @@ class TuningConfig(_Strict):
         from gru4rec.tuning import search_space
 
         try:
-            search_space(self.base_config().train.loss)  # the metric, the overrides and the loss, checked now
+            train = self.base_config().train
+            search_space(train.loss, train.optimizer)  # the metric, the overrides, loss and optimiser, checked now
         except ConfigError as e:
             raise ValueError(str(e)) from None
         return self

@@ -162,7 +162,7 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
                     trial = study.ask()
                 trial.set_user_attr("flow_run_id", flow_run_id)
                 storage.record_heartbeat(trial._trial_id)  # stale if we die before a worker beats
-                tuned = suggest_overrides(trial, loss, fixed)
+                tuned = suggest_overrides(trial, loss, fixed, base.train.optimizer)
                 cfg = _trial_config(config, base, tuned)
                 trial.set_user_attr("overrides", tuned)
                 future = runner.submit(
@@ -247,7 +247,7 @@ def _report(config, study, spec, base, loss, out, runs, seconds) -> dict:
         lines.append("No trial finished: no best configuration.")
         logger.warning("no trial of the study finished: no preset written")
     else:
-        tuned = overrides_from_params(best.params, loss)
+        tuned = overrides_from_params(best.params, loss, base.train.optimizer)
         epochs = best.user_attrs.get("best_epoch") or config.search.epochs
         cfg = apply_overrides(base.model_dump(mode="json"), {**tuned, "train.epochs": epochs})
         path = Path(config.best_preset).expanduser() if config.best_preset else out / "best_preset.json"

@@ -1,18 +1,19 @@
-"""Hyperparameter search spaces of GRU4Rec, per loss, and the tuned preset they lead to.
+"""Hyperparameter search spaces of GRU4Rec, per loss and optimiser, and the tuned preset they lead to.
 
 The ranges are those of Hidasi & Karatzoglou (2018) and of the authors' parameter-optimisation
-spaces for their PyTorch GRU4Rec: one GRU layer of 64–512 units, batch 32–256, embedding dropout
-0–0.5, hidden dropout 0–0.7, learning rate 0.01–0.3 (log scale), Adagrad momentum 0–0.9,
-0–4096 shared negatives drawn ∝ popularity^alpha with alpha 0–1; for BPR-max the score
-regularisation 0–2 and the final activation (linear, ELU 0.5 or ELU 1); for cross-entropy the
-logQ correction 0–1 (softmax is its final activation). Everything else — the embedding (constrained),
-the optimiser (Adagrad) — comes from the base preset.
+spaces for their PyTorch GRU4Rec: one GRU layer of 64–512 units (here from 32, so that the tutorial's
+50 lies in it), batch 32–256, embedding dropout 0–0.5, hidden dropout 0–0.7, Adagrad's learning rate
+0.01–0.3 (log scale) and momentum 0–0.9, 0–4096 shared negatives drawn ∝ popularity^alpha with
+alpha 0–1; for BPR-max the score regularisation 0–2 and the final activation (linear, ELU 0.5 or
+ELU 1); for cross-entropy the logQ correction 0–1 (softmax is its final activation). With Adam (the
+tutorial preset) the learning rate is searched in 1e-4–1e-2 and there is no momentum. Everything
+else — the embedding, the optimiser itself — comes from the base preset.
 
-A space is plain data (`SEARCH_SPACES`); `suggest_overrides(trial, loss)` asks any object with
-Optuna's ``suggest_int`` / ``suggest_float`` / ``suggest_categorical`` for one value of each and
-returns dotted preset overrides (``{"train.lr": 0.07, "model.layers": [224], ...}``). This module
-imports neither Optuna nor anything of the pipeline.
-"""
+A space is plain data (`search_space(loss, optimizer)`); `suggest_overrides(trial, loss)` asks any
+object with Optuna's ``suggest_int`` / ``suggest_float`` / ``suggest_categorical`` for one value of
+each and returns dotted preset overrides (``{"train.lr": 0.07, "model.layers": [224], ...}``);
+`base_params` gives a configuration's own values, so that a search can try its starting point
+first. This module imports neither Optuna nor anything of the pipeline."""
 
 from __future__ import annotations
 
@@ -50,31 +51,38 @@ class Param:
         return text
 
 
-_COMMON = (
-    Param("model.layers", "int", 64, 512, step=4),  # units of the one GRU layer (on the grid: 100 and 224)
+_ARCHITECTURE = (
+    Param("model.layers", "int", 32, 512, step=2),  # units of the one GRU layer (50, 100 and 224 on the grid)
     Param("train.batch_size", "int", 32, 256, step=16),
     Param("model.dropout_embedding", "float", 0.0, 0.5, step=0.05),
     Param("model.dropout_hidden", "float", 0.0, 0.7, step=0.05),
-    Param("train.lr", "float", 0.01, 0.3, log=True),
-    Param("train.momentum", "float", 0.0, 0.9, step=0.05),
+)
+_OPTIMISER = {
+    "adagrad": (
+        Param("train.lr", "float", 0.01, 0.3, log=True),
+        Param("train.momentum", "float", 0.0, 0.9, step=0.05),
+    ),
+    "adam": (Param("train.lr", "float", 1e-4, 1e-2, log=True),),  # Adam's usual range; it takes no momentum
+}
+_SAMPLING = (
     Param("train.n_sample", "categorical", choices=(0, 512, 1024, 2048, 4096)),
     Param("train.sample_alpha", "float", 0.0, 1.0, step=0.1),
 )
-
-SEARCH_SPACES: dict[str, tuple[Param, ...]] = {
-    "bpr-max": _COMMON
-    + (
+_LOSS = {
+    "bpr-max": (
         Param("train.bpreg", "float", 0.0, 2.0, step=0.05),
         Param("train.elu", "categorical", choices=(0.0, 0.5, 1.0)),  # final activation: linear / ELU(0.5) / ELU(1)
     ),
-    "cross-entropy": _COMMON + (Param("train.logq", "float", 0.0, 1.0, step=0.05),),
+    "cross-entropy": (Param("train.logq", "float", 0.0, 1.0, step=0.05),),
 }
 
 
-def search_space(loss: str) -> tuple[Param, ...]:
-    if loss not in SEARCH_SPACES:
-        raise ConfigError(f"no search space for loss {loss!r}; spaces exist for: {', '.join(SEARCH_SPACES)}")
-    return SEARCH_SPACES[loss]
+def search_space(loss: str, optimizer: str = "adagrad") -> tuple[Param, ...]:
+    if loss not in _LOSS:
+        raise ConfigError(f"no search space for loss {loss!r}; spaces exist for: {', '.join(_LOSS)}")
+    if optimizer not in _OPTIMISER:
+        raise ConfigError(f"no search space for optimizer {optimizer!r}; spaces exist for: {', '.join(_OPTIMISER)}")
+    return _ARCHITECTURE + _OPTIMISER[optimizer] + _SAMPLING + _LOSS[loss]
 
 
 def _suggest(trial: Any, p: Param) -> Any:
@@ -97,22 +105,22 @@ def _value(p: Param, value: Any) -> Any:
     return value
 
 
-def suggest_overrides(trial: Any, loss: str, fixed: Iterable[str] = ()) -> dict[str, Any]:
+def suggest_overrides(trial: Any, loss: str, fixed: Iterable[str] = (), optimizer: str = "adagrad") -> dict[str, Any]:
     """One sample of the loss's space as dotted preset overrides (model.layers as a one-layer list);
     the keys in ``fixed`` (settings the search keeps as given) are neither sampled nor returned."""
     fixed = set(fixed)
     overrides: dict[str, Any] = {}
-    for p in search_space(loss):
+    for p in search_space(loss, optimizer):
         if p.key in fixed:
             continue
         overrides[p.key] = _value(p, _suggest(trial, p))
     return overrides
 
 
-def overrides_from_params(params: dict[str, Any], loss: str) -> dict[str, Any]:
+def overrides_from_params(params: dict[str, Any], loss: str, optimizer: str = "adagrad") -> dict[str, Any]:
     """Optuna's stored params of a trial (names without section) back to dotted overrides."""
     out = {}
-    for p in search_space(loss):
+    for p in search_space(loss, optimizer):
         if p.name in params:
             out[p.key] = _value(p, params[p.name])
     return out
@@ -139,7 +147,7 @@ def base_params(config: Any, loss: str, fixed: Iterable[str] = ()) -> tuple[dict
     fixed = set(fixed)
     params: dict[str, Any] = {}
     outside: list[str] = []
-    for p in search_space(loss):
+    for p in search_space(loss, config.train.optimizer):
         if p.key in fixed:
             continue
         section, name = p.key.split(".", 1)

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from flows.config import TrainingSettings, TuningConfig
 from gru4rec.errors import ConfigError
 from gru4rec.presets import get_preset, load_preset_file, write_preset_file
-from gru4rec.tuning import SEARCH_SPACES, base_params, overrides_from_params, suggest_overrides
+from gru4rec.tuning import base_params, overrides_from_params, search_space, suggest_overrides
 from tests.synthetic import split_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def noisy_split(directory: Path, n_sessions: int = 400, n_items: int = 60, seed:
 @pytest.mark.parametrize(("loss", "preset"), [("bpr-max", "gru4rec-bprmax"), ("cross-entropy", "gru4rec-xe")])
 def test_search_space_samples_are_valid_configs_in_the_papers_ranges(loss, preset):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    seen = {key: [] for key in (p.key for p in SEARCH_SPACES[loss])}
+    seen = {key: [] for key in (p.key for p in search_space(loss))}
     for _ in range(40):
         trial = study.ask()
         overrides = suggest_overrides(trial, loss)
@@ -63,8 +63,8 @@ def test_search_space_samples_are_valid_configs_in_the_papers_ranges(loss, prese
             seen[key].append(value[0] if key == "model.layers" else value)
         assert overrides_from_params(trial.params, loss) == overrides
         study.tell(trial, 0.0)
-    assert 64 <= min(seen["model.layers"]) and max(seen["model.layers"]) <= 512
-    assert all(v % 4 == 0 for v in seen["model.layers"])
+    assert 32 <= min(seen["model.layers"]) and max(seen["model.layers"]) <= 512
+    assert all(v % 2 == 0 for v in seen["model.layers"])
     assert 32 <= min(seen["train.batch_size"]) and max(seen["train.batch_size"]) <= 256
     assert 0.0 <= min(seen["model.dropout_embedding"]) and max(seen["model.dropout_embedding"]) <= 0.5
     assert max(seen["model.dropout_hidden"]) <= 0.7
@@ -81,21 +81,37 @@ def test_search_space_samples_are_valid_configs_in_the_papers_ranges(loss, prese
         assert all(0.0 <= v <= 1.0 for v in seen["train.logq"])
 
 
-@pytest.mark.parametrize("preset", ["gru4rec-bprmax", "gru4rec-xe"])
+@pytest.mark.parametrize("preset", ["gru4rec-bprmax", "gru4rec-xe", "tutorial"])
 def test_the_presets_lie_in_their_search_space_so_a_search_can_start_from_them(preset):
     base = get_preset(preset)
-    params, outside = base_params(base, base.train.loss)
+    fixed = {"train.n_sample"} if preset == "tutorial" else set()  # its full softmax is not a sampled size
+    params, outside = base_params(base, base.train.loss, fixed)
     assert outside == []
-    assert set(params) == {p.name for p in SEARCH_SPACES[base.train.loss]}
-    assert get_preset(preset, overrides_from_params(params, base.train.loss)) == base
+    space = search_space(base.train.loss, base.train.optimizer)
+    assert set(params) == {p.name for p in space if p.key not in fixed}
+    assert get_preset(preset, overrides_from_params(params, base.train.loss, base.train.optimizer)) == base
+
+
+def test_adam_searches_its_own_learning_rates_and_no_momentum():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    lrs = []
+    for _ in range(30):
+        overrides = suggest_overrides(study.ask(), "cross-entropy", optimizer="adam")
+        assert "train.momentum" not in overrides
+        lrs.append(overrides["train.lr"])
+    assert 1e-4 <= min(lrs) and max(lrs) <= 1e-2 and min(lrs) < 1e-3 < max(lrs)
+    with pytest.raises(ConfigError, match="optimizer 'sgd'"):
+        search_space("cross-entropy", "sgd")
 
 
 def test_a_base_outside_the_space_is_named_and_fixed_settings_are_left_out():
-    base = get_preset("tutorial")  # Adam's lr 0.001 and the full softmax are not in the space
-    params, outside = base_params(base, "cross-entropy", fixed={"train.n_sample"})
-    assert [o.split()[0] for o in outside] == ["model.layers", "train.lr"]
-    assert outside[1] == "train.lr 0.001 (searched: 0.01–0.3 (log))"
-    assert "n_sample" not in params and params["dropout_hidden"] == 0.1
+    base = get_preset("tutorial", {"train.lr": 0.5})
+    params, outside = base_params(base, "cross-entropy", fixed={"train.batch_size"})
+    assert outside == [
+        "train.lr 0.5 (searched: 0.0001–0.01 (log))",
+        "train.n_sample 'full' (searched: {0, 512, 1024, 2048, 4096})",
+    ]
+    assert "batch_size" not in params and params["dropout_hidden"] == 0.1 and params["layers"] == 50
     _, outside = base_params(get_preset("gru4rec-xe", {"model.layers": [100, 100]}), "cross-entropy")
     assert [o.split()[0] for o in outside] == ["model.layers"]
 
