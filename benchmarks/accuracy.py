@@ -72,6 +72,10 @@ TUNE = {
     "ml-1m-subset": dict(n_trials=40, epochs=10, timeout_minutes=60),
 }
 
+# Per preset, over TUNE: the tutorial is searched at its own 20 epochs (so its trial 0 is the preset
+# itself) and keeps its full softmax (the point of it; a sampled size would make it another preset).
+TUNE_PRESET = {"tutorial": dict(epochs=20, fixed=["train.n_sample=full"])}
+
 
 def prepare(name: str, workdir: Path, for_tuning: bool = False) -> Path:
     """The dataset's split (made once per workdir); ``for_tuning``: the search's split (`TUNE`)."""
@@ -139,7 +143,7 @@ def run_gru4rec(name: str, preset: str, tuned: bool, seed: int, split_dir: Path,
 
 def tune(name: str, preset: str, workdir: Path) -> Path:
     """Run the search through the CLI (the real flow) and keep its best preset and cost under TUNED."""
-    spec = TUNE[name]
+    spec = TUNE[name] | TUNE_PRESET.get(preset, {})
     split_dir = prepare(name, workdir, for_tuning=True)
     out = workdir / name / f"tuning-{preset}"
     best = TUNED / f"{name}-{preset}.json"
@@ -147,6 +151,8 @@ def tune(name: str, preset: str, workdir: Path) -> Path:
     command = [sys.executable, "-c", "from flows.cli import main; main()", "tune", "--split", str(split_dir), "--preset", preset,
                "--n-trials", str(spec["n_trials"]), "--epochs", str(spec["epochs"]), "--n-workers", "2",
                "--out", str(out), "--best-preset", str(best), "--set", "train.device=cpu"]  # fmt: skip
+    for setting in spec.get("fixed", []):
+        command += ["--set", setting]
     if spec.get("timeout_minutes"):
         command += ["--timeout-minutes", str(spec["timeout_minutes"])]
     env = os.environ | {"PYTHONPATH": str(REPO)}
@@ -155,7 +161,7 @@ def tune(name: str, preset: str, workdir: Path) -> Path:
     wall = time.perf_counter() - t
     summary = json.loads((out / "summary.json").read_text())
     record = {"dataset": name, "preset": preset, "command": "gru4rec-pipeline " + " ".join(command[3:]),
-              "wall_seconds": round(wall, 1), "tuning_split": {k: v for k, v in spec.items() if k not in ("n_trials", "epochs", "timeout_minutes")},
+              "wall_seconds": round(wall, 1), "tuning_split": {k: v for k, v in spec.items() if k in ("valid_days", "sources")},
               **summary}  # fmt: skip
     best.with_suffix(".search.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"{name} {preset}: tuned in {wall:.0f} s, best {summary['best']}", flush=True)
