@@ -147,7 +147,7 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
     results: list[dict] = []
     in_flight: dict = {}  # future -> trial id
     last_beat = 0.0
-    with runner:
+    with t.glibc_malloc_defaults_in_workers(), runner:
         while True:
             if time.monotonic() - last_beat >= spec["heartbeat_seconds"]:
                 # The flow beats for its trials too: one queued on a worker that is still starting is not stale.

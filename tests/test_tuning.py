@@ -421,3 +421,26 @@ def test_killed_search_resumes_keeping_finished_trials(tmp_path):
     assert sum(t.state.name == "COMPLETE" for t in trials) == 6, seen  # the study reached n_trials
     summary = json.loads((out / "summary.json").read_text())
     assert summary["trials_this_run"] == 6 - len(finished), seen
+
+
+def test_local_workers_keep_glibcs_malloc_defaults(monkeypatch):
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536, which made every trial 3-4x slower (mmap churn).
+    from distributed import Client, LocalCluster
+
+    from tasks.tuning import glibc_malloc_defaults_in_workers
+
+    def worker_env():
+        return os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS")
+
+    kwargs = dict(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        assert list(client.run(worker_env).values()) == [("65536", "1")]  # Dask's own default, checked
+    assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536"  # the nanny left Dask's value here
+    with glibc_malloc_defaults_in_workers():
+        with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+            assert list(client.run(worker_env).values()) == [(None, "1")]
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")  # one of the user's own is respected
+    with glibc_malloc_defaults_in_workers():
+        with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+            assert list(client.run(worker_env).values()) == [("1000000", "1")]
