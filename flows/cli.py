@@ -112,8 +112,11 @@ def servers_of(pid):
             pass
     return found
 servers = set()
+scanned = 0.0
 while alive(cli):
-    servers |= servers_of(cli)
+    if not servers or time.monotonic() - scanned > 5:  # scanning /proc costs; the CLI's liveness is cheap
+        servers |= servers_of(cli)
+        scanned = time.monotonic()
     time.sleep(0.2)
 for server in servers:
     try:

@@ -146,7 +146,9 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
     storage = t.open_storage(spec["storage"], spec["heartbeat_seconds"])
     results: list[dict] = []
     in_flight: dict = {}  # future -> trial id
-    last_beat = 0.0
+    last_beat = last_read = 0.0
+    changed = True  # the study is read before the first trial starts
+    counted = running = 0
     with t.glibc_malloc_defaults_in_workers(), runner:
         while True:
             if time.monotonic() - last_beat >= spec["heartbeat_seconds"]:
@@ -154,10 +156,15 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
                 for trial_id in in_flight.values():
                     storage.record_heartbeat(trial_id)
                 last_beat = time.monotonic()
-            t.fail_stale(study)
-            counted, running = t.counted_trials(study)
             out_of_time = deadline is not None and time.monotonic() >= deadline
-            if counted < s.n_trials and len(in_flight) < d.n_workers and not out_of_time:
+            can_start = len(in_flight) < d.n_workers and not out_of_time
+            # Reading the study costs CPU the trials need: only when a trial could start or none runs
+            # here, and then after a change here or once a heartbeat interval (another process's trials).
+            if (can_start or not in_flight) and (changed or time.monotonic() - last_read >= spec["heartbeat_seconds"]):
+                t.fail_stale(study)
+                counted, running = t.counted_trials(study)
+                last_read, changed = time.monotonic(), False
+            if can_start and counted < s.n_trials:
                 with t.quiet():
                     trial = study.ask()
                 trial.set_user_attr("flow_run_id", flow_run_id)
@@ -176,6 +183,7 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
                     },
                 )
                 in_flight[future] = trial._trial_id
+                changed = True
                 logger.info("trial %d started: %s", trial.number, tuned)
                 continue
             if not in_flight:
@@ -189,6 +197,7 @@ def _run_trials(config, study, spec, split_dir, base, loss, fixed, out, flow_run
             if not finished:
                 time.sleep(POLL_SECONDS)
                 continue
+            changed = True
             for future in finished:
                 trial_id = in_flight.pop(future)
                 try:
