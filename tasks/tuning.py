@@ -277,8 +277,9 @@ def glibc_malloc_defaults_in_workers():
     """While open, the local cluster's workers start without Dask's ``MALLOC_TRIM_THRESHOLD_=65536``.
 
     Setting that variable turns glibc's dynamic mmap threshold off, so every torch buffer over 128 KiB
-    is mapped and unmapped again at each step: on a 2-core VM a trial spent a third of its time in the
-    kernel (76,000 page faults a second) and trained 3-4 times slower than the same run outside Dask."""
+    is mapped and unmapped again at each step: on a 2-core VM two BPR-max trials spent a third of their
+    time in the kernel (76,000 page faults a second) and trained at 2,209 events/s, against 3,665
+    without it (1.7x)."""
     import dask
 
     key = "MALLOC_TRIM_THRESHOLD_"

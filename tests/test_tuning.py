@@ -425,7 +425,7 @@ def test_killed_search_resumes_keeping_finished_trials(tmp_path):
 
 def test_local_workers_keep_glibcs_malloc_defaults(monkeypatch):
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536, which made every trial 3-4x slower (mmap churn).
+    # Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536, which made trials 1.7x slower (mmap churn).
     from distributed import Client, LocalCluster
 
     from tasks.tuning import glibc_malloc_defaults_in_workers
