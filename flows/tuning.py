@@ -36,7 +36,7 @@ from gru4rec.data.split_dir import load_split
 from gru4rec.errors import ConfigError
 from gru4rec.io import write_json_atomic
 from gru4rec.presets import apply_overrides, write_preset_file
-from gru4rec.tuning import base_params, overrides_from_params, suggest_overrides
+from gru4rec.tuning import base_params, kept_as_given, overrides_from_params, suggest_overrides
 from tasks import tuning as t
 from tasks.plots import markdown_image
 
@@ -93,7 +93,7 @@ def hyperparameter_search(config: TuningConfig | None = None) -> dict:
         raise ConfigError(f"split {config.split_dir} has no validation events: a search is judged on them only")
     base = config.base_config()
     loss = base.train.loss
-    fixed = set(config.overrides)
+    fixed = kept_as_given(base, config.overrides)
     spec = _study_spec(config, out, split.fingerprint())
     identity = {
         "base": config.preset_file or config.preset,

@@ -85,6 +85,17 @@ def search_space(loss: str, optimizer: str = "adagrad") -> tuple[Param, ...]:
     return _ARCHITECTURE + _OPTIMISER[optimizer] + _SAMPLING + _LOSS[loss]
 
 
+def kept_as_given(config: Any, fixed: Iterable[str]) -> set[str]:
+    """The settings a search leaves as they are: ``fixed`` (the ones the user set) and those that then
+    do nothing. With the full softmax kept (``n_sample="full"`` fixed) nothing is sampled, so the
+    sampling exponent and logQ correction have no effect; searching them would only add noise to
+    TPE and to the parameter importances."""
+    kept = set(fixed)
+    if "train.n_sample" in kept and config.train.n_sample == "full":
+        kept |= {"train.sample_alpha", "train.logq"}
+    return kept
+
+
 def _suggest(trial: Any, p: Param) -> Any:
     if p.kind == "int":
         return trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)

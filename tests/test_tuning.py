@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from flows.config import TrainingSettings, TuningConfig
 from gru4rec.errors import ConfigError
 from gru4rec.presets import get_preset, load_preset_file, write_preset_file
-from gru4rec.tuning import base_params, overrides_from_params, search_space, suggest_overrides
+from gru4rec.tuning import base_params, kept_as_given, overrides_from_params, search_space, suggest_overrides
 from tests.synthetic import split_events
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +121,19 @@ def test_fixed_settings_are_not_searched():
     overrides = suggest_overrides(trial, "bpr-max", fixed={"train.batch_size", "model.layers"})
     assert "train.batch_size" not in overrides and "model.layers" not in overrides
     assert "batch_size" not in trial.params and "layers" not in trial.params
+
+
+def test_with_the_full_softmax_kept_its_sampling_settings_are_not_searched():
+    full = get_preset("tutorial", {"train.n_sample": "full"})
+    kept = kept_as_given(full, {"train.n_sample"})
+    assert kept == {"train.n_sample", "train.sample_alpha", "train.logq"}
+    trial = optuna.create_study().ask()
+    assert not set(suggest_overrides(trial, "cross-entropy", kept, "adam")) & kept
+    assert not set(base_params(full, "cross-entropy", kept)[0]) & {"sample_alpha", "logq", "n_sample"}
+    # Sampled negatives fixed, or the sample size searched: the exponent and logQ matter, so they are searched.
+    sampled = get_preset("gru4rec-xe")
+    assert kept_as_given(sampled, {"train.n_sample"}) == {"train.n_sample"}
+    assert kept_as_given(full, set()) == set()
 
 
 def test_tuning_config_checks_loss_metric_and_overrides():
