@@ -69,12 +69,16 @@ TUNE = {
     ),
     # A trial trains on 408,779 events; 8 trials of 3 epochs (773 s) found nothing better than the
     # 10-epoch defaults, and random sizes cost up to 45 min a trial (442 units at 1,954 events/s). So:
-    # full-length trials from the defaults for an hour, keeping the size settings that set the cost.
+    # full-length trials from the defaults within a time budget, keeping the size settings that set the cost.
     "ml-1m-subset": dict(
         n_trials=40,
         epochs=10,
-        timeout_minutes=60,
-        fixed={"gru4rec-bprmax": ["model.layers=[224]", "train.batch_size=80", "train.n_sample=2048"]},
+        timeout_minutes={"gru4rec-bprmax": 60, "gru4rec-xe": 45, "tutorial": 30},
+        fixed={
+            "gru4rec-bprmax": ["model.layers=[224]", "train.batch_size=80", "train.n_sample=2048"],
+            "gru4rec-xe": ["model.layers=[100]", "train.batch_size=32", "train.n_sample=2048"],
+            "tutorial": ["model.layers=[50]", "train.batch_size=64"],
+        },
     ),
 }
 
@@ -160,8 +164,10 @@ def tune(name: str, preset: str, workdir: Path) -> Path:
                "--out", str(out), "--best-preset", str(best), "--set", "train.device=cpu"]  # fmt: skip
     for setting in spec.get("fixed", []):
         command += ["--set", setting]
-    if spec.get("timeout_minutes"):
-        command += ["--timeout-minutes", str(spec["timeout_minutes"])]
+    timeout = spec.get("timeout_minutes")
+    timeout = timeout.get(preset) if isinstance(timeout, dict) else timeout
+    if timeout:
+        command += ["--timeout-minutes", str(timeout)]
     env = os.environ | {"PYTHONPATH": str(REPO)}
     t = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO, env=env)
