@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gru4rec-accuracy"))
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "parity_runs.jsonl")
     ap.add_argument("set", nargs="*", help="our dotted overrides, e.g. train.loss_scale=mean")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # settings may follow the options, as in the examples above
     import torch
 
     torch.set_num_threads(1)
